@@ -1,0 +1,41 @@
+# %% [markdown]
+# # Package
+# Saves the winner to the BentoML model store with its metadata and publishes a bento
+# (exact pins, explicit model tag, the expectations suite) that `bentoml serve` runs.
+
+# %% tags=["parameters"]
+upstream = ["choose", "evaluate", "split", "train-*"]
+product = None
+project_dir = "."
+suite = "expectations/penguins.json"
+features = {"numeric": [], "categorical": []}
+target = "species"
+bento_name = "penguins_classifier"
+bentos_dir = "bentos"
+max_batch = 1000
+reports_dir = "build/reports"
+
+# %%
+from nbship import package
+from nbship.artifacts import read_json, write_json
+
+choice = read_json(upstream["choose"]["winner"])
+winner = choice["winner"]
+result = package.package_winner(
+    model_path=upstream["train-*"][f"train-{winner}"]["model"],
+    candidate=read_json(upstream["train-*"][f"train-{winner}"]["summary"]),
+    evaluation=read_json(upstream["evaluate"]["metrics"])[winner],
+    choice=choice,
+    split_summary=read_json(upstream["split"]["summary"]),
+    suite_path=suite,
+    features=features,
+    target=target,
+    bento_name=bento_name,
+    max_batch=max_batch,
+    project_dir=project_dir,
+    reports_dir=reports_dir,
+    publish_to=f"{bentos_dir}/{bento_name}",
+)
+write_json(result, product["summary"])
+write_json(result, product["manifest"])
+result

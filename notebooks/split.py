@@ -1,0 +1,37 @@
+# %% [markdown]
+# # Split
+# Stratified train / test split and a small pinned golden set for later comparisons.
+
+# %% tags=["parameters"]
+upstream = ["validate", "load"]
+product = None
+target = "species"
+test_size = 0.25
+golden_size = 24
+seed = 42
+
+# %%
+import pandas as pd
+
+from nbship import data
+from nbship.artifacts import write_frame, write_json
+
+raw = pd.read_parquet(upstream["load"]["data"])
+parts = data.split(raw, target=target, test_size=test_size, golden_size=golden_size, seed=seed)
+for name in ("train", "test", "golden"):
+    write_frame(getattr(parts, name), product[name])
+write_json(
+    {
+        "rows": {"train": len(parts.train), "test": len(parts.test), "golden": len(parts.golden)},
+        "fingerprints": {
+            "raw": data.fingerprint(raw),
+            "train": data.fingerprint(parts.train),
+            "test": data.fingerprint(parts.test),
+            "golden": data.fingerprint(parts.golden),
+        },
+    },
+    product["summary"],
+)
+
+# %%
+parts.train[target].value_counts().plot.bar(title="training labels")

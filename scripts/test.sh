@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Lint, then every test. pytest's exit code 5 (nothing collected) fails this script.
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh
+uv run ruff check .
+uv run ruff format --check .
+uv run pytest "$@"

@@ -1,0 +1,83 @@
+"""`nbship` command line. Heavy libraries are imported inside each command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+PROJECT_OPTION = click.option(
+    "--project",
+    "-p",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Folder holding pipeline.yaml and env.yaml.",
+)
+
+
+@click.group()
+def main() -> None:
+    """nbship: notebooks to a served, operated model."""
+
+
+@main.command()
+@PROJECT_OPTION
+@click.option("--force", is_flag=True, help="Re-run every task, even up-to-date ones.")
+def build(project: Path, force: bool) -> None:
+    """Run the pipeline: only tasks whose source, params or upstream changed."""
+    from .pipeline import build as run_build
+
+    try:
+        result = run_build(project, force=force)
+    except Exception as exc:  # Ploomber wraps the failing task's error: show it, exit 1
+        click.echo(f"build failed: {exc}", err=True)
+        sys.exit(1)
+    if not result.ran:
+        click.echo("Nothing to build: every task is up to date.")
+    else:
+        click.echo(f"Ran {len(result.ran)} task(s): {', '.join(result.ran)}")
+
+
+@main.command()
+@PROJECT_OPTION
+def status(project: Path) -> None:
+    """Which tasks the next build would run."""
+    from .pipeline import status as dag_status
+
+    for row in dag_status(project):
+        click.echo(f"{row['task']:<20} {'outdated' if row['outdated'] else 'up to date'}")
+
+
+@main.command()
+@PROJECT_OPTION
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the SVG (default: <root>/pipeline.svg).",
+)
+def plot(project: Path, output: Path | None) -> None:
+    """Draw the pipeline as an SVG (offline; replaces `ploomber plot`)."""
+    from .pipeline import plot as dag_plot
+
+    click.echo(str(dag_plot(project, output)))
+
+
+@main.command()
+@PROJECT_OPTION
+@click.option("--port", default=3000, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+def serve(project: Path, port: int, host: str) -> None:
+    """Serve the published bento with `bentoml serve` (replaces this process)."""
+    from .pipeline import read_env
+
+    env = read_env(project.resolve())
+    bento = project.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
+    if not bento.exists():
+        raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    os.execv(bentoml, [str(bentoml), "serve", str(bento), "--host", host, "--port", str(port)])

@@ -1,0 +1,217 @@
+"""The data contract: a Great Expectations suite stored as JSON in `expectations/`.
+
+One suite serves twice: the pipeline validates the raw table with GX, and the service
+derives its request schema from the same JSON. Reading the JSON needs no GX, so serving
+(and this module's import) never pays GX's multi-second import; only `validate_frame`
+imports it. This is the only module that touches Great Expectations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Kind = Literal["number", "integer", "category", "string"]
+NUMBER_TYPES = {"float", "float64", "float32", "double"}
+INTEGER_TYPES = {"int", "int64", "int32", "Int64", "Int32"}
+
+
+def load_suite(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: Kind
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: tuple[str, ...] = ()
+    nullable: bool = True
+
+    @property
+    def rule(self) -> str:
+        """The field's rule in words, as OpenAPI and error messages show it."""
+        if self.kind == "category":
+            text = "one of " + ", ".join(self.categories)
+        else:
+            text = {"number": "a number", "integer": "an integer", "string": "a string"}[self.kind]
+            if self.minimum is not None and self.maximum is not None:
+                text += f" between {self.minimum:g} and {self.maximum:g}"
+            elif self.minimum is not None:
+                text += f" >= {self.minimum:g}"
+            elif self.maximum is not None:
+                text += f" <= {self.maximum:g}"
+        return text + (", may be null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class Contract:
+    suite_name: str
+    fields: tuple[FieldSpec, ...]
+
+    @classmethod
+    def from_suite(cls, suite: dict[str, Any], columns: Sequence[str]) -> Contract:
+        """The rules the suite states for `columns`, in that order (pure JSON parsing)."""
+        by_column: dict[str, dict[str, Any]] = {}
+        for exp in suite.get("expectations", []):
+            column = exp.get("kwargs", {}).get("column")
+            if column is not None:
+                by_column.setdefault(column, {})[exp["type"]] = exp["kwargs"]
+        specs = []
+        for name in columns:
+            if name not in by_column:
+                raise ValueError(
+                    f"column {name!r} has no expectations in suite {suite.get('name')!r}"
+                )
+            specs.append(_field_spec(name, by_column[name]))
+        return cls(suite_name=str(suite.get("name")), fields=tuple(specs))
+
+    def field(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def _field_spec(name: str, rules: dict[str, dict[str, Any]]) -> FieldSpec:
+    declared = rules.get("expect_column_values_to_be_of_type", {}).get("type_", "str")
+    between = rules.get("expect_column_values_to_be_between", {})
+    in_set = rules.get("expect_column_values_to_be_in_set", {}).get("value_set")
+    not_null = rules.get("expect_column_values_to_not_be_null")
+    kind: Kind
+    if in_set is not None:
+        kind = "category"
+    elif declared in NUMBER_TYPES:
+        kind = "number"
+    elif declared in INTEGER_TYPES:
+        kind = "integer"
+    else:
+        kind = "string"
+    return FieldSpec(
+        name=name,
+        kind=kind,
+        minimum=between.get("min_value"),
+        maximum=between.get("max_value"),
+        categories=tuple(str(v) for v in in_set or ()),
+        # a column the suite lets be partly null may be null in a request too
+        nullable=not_null is None or float(not_null.get("mostly", 1.0)) < 1.0,
+    )
+
+
+def _annotation(spec: FieldSpec) -> Any:
+    bounds = {"ge": spec.minimum, "le": spec.maximum}
+    base: Any
+    if spec.kind == "category":
+        base = Literal[spec.categories]  # type: ignore[valid-type]
+    elif spec.kind == "number":
+        # strict: "39.1" or true is not a number; an integer like 40 still is
+        base = Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+    elif spec.kind == "integer":
+        base = Annotated[int, Field(strict=True, **bounds)]
+    else:
+        base = Annotated[str, Field(strict=True)]
+    return base | None if spec.nullable else base
+
+
+def record_model(contract: Contract, name: str = "Record") -> type[BaseModel]:
+    """A pydantic model of one record: every field required, unknown fields refused."""
+    fields: dict[str, Any] = {
+        spec.name: (_annotation(spec), Field(..., description=spec.rule))
+        for spec in contract.fields
+    }
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        name,
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"One record, checked against the rules of suite {contract.suite_name!r}.",
+        **fields,
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    expectation: str
+    column: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f" on {self.column}" if self.column else ""
+        return f"- {self.expectation}{where}: {self.detail}"
+
+
+class DataValidationError(Exception):
+    def __init__(self, failures: list[Failure]) -> None:
+        self.failures = failures
+        lines = [f"Data validation failed: {len(failures)} expectation(s) failed"]
+        lines += [str(f) for f in failures]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    success: bool
+    evaluated: int
+    failures: list[Failure] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+
+def _detail(result: dict[str, Any], exception_info: dict[str, Any]) -> str:
+    if exception_info.get("raised_exception"):
+        return str(exception_info.get("exception_message", "raised an exception")).splitlines()[0]
+    if "unexpected_count" in result:
+        sample = result.get("partial_unexpected_list") or []
+        text = f"{result['unexpected_count']} unexpected value(s)"
+        if result.get("unexpected_percent") is not None:
+            text += f" ({result['unexpected_percent']:.1f}%)"
+        if sample:
+            text += f", e.g. {sorted({str(v) for v in sample})[:5]}"
+        return text
+    if "observed_value" in result:
+        return f"observed {result['observed_value']}"
+    return "failed"
+
+
+def validate_frame(df: pd.DataFrame, suite_path: str | Path) -> ValidationSummary:
+    """Runs the suite on `df`; raises DataValidationError listing every failure."""
+    import great_expectations as gx
+
+    raw = load_suite(suite_path)
+    suite = gx.ExpectationSuite(**{k: v for k, v in raw.items() if k != "id"})
+    if len(suite.expectations) != len(raw.get("expectations", [])):
+        # GX logs and drops an invalid expectation instead of failing: refuse instead
+        raise ValueError(f"suite {suite_path} has expectations GX could not load")
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    batch = (
+        context.data_sources.add_pandas("nbship")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": df})
+    )
+    result = batch.validate(suite)
+    failures = [
+        Failure(
+            expectation=r.expectation_config.type,
+            column=r.expectation_config.kwargs.get("column"),
+            detail=_detail(r.result or {}, r.exception_info or {}),
+        )
+        for r in result.results
+        if not r.success
+    ]
+    summary = ValidationSummary(
+        success=bool(result.success),
+        evaluated=len(result.results),
+        failures=failures,
+        statistics=dict(result.statistics),
+    )
+    if not summary.success:
+        raise DataValidationError(failures)
+    return summary

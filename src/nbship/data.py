@@ -1,0 +1,66 @@
+"""Loading the example data, fingerprinting it and splitting it for training."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+SOURCES = ("palmerpenguins",)
+
+
+def load_source(source: str, sample_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The raw table of a named source, optionally a reproducible row sample.
+
+    Only packaged data is supported: nothing is downloaded at run time.
+    """
+    if source == "palmerpenguins":
+        import palmerpenguins
+
+        df = palmerpenguins.load_penguins()
+    elif Path(source).suffix in (".csv", ".parquet"):
+        path = Path(source)
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    else:
+        raise ValueError(
+            f"unknown data source {source!r}: use one of {SOURCES} or a .csv/.parquet path"
+        )
+    if sample_rows is not None and sample_rows < len(df):
+        df = df.sample(n=sample_rows, random_state=seed).sort_index()
+    return df.reset_index(drop=True)
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """A content hash of a table: the same rows, columns and values give the same hash."""
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(map(str, df.columns)).encode())
+    digest.update("\x1f".join(map(str, df.dtypes)).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    golden: pd.DataFrame
+
+
+def split(df: pd.DataFrame, target: str, test_size: float, golden_size: int, seed: int) -> Split:
+    """Stratified train/test split plus a small pinned golden set carved from the test part.
+
+    Rows without a label cannot train or score a model, so they are dropped first.
+    """
+    labelled = df.dropna(subset=[target])
+    train, test = train_test_split(
+        labelled, test_size=test_size, random_state=seed, stratify=labelled[target]
+    )
+    golden = test.sample(n=min(golden_size, len(test)), random_state=seed)
+    return Split(
+        train=train.reset_index(drop=True),
+        test=test.reset_index(drop=True),
+        golden=golden.reset_index(drop=True),
+    )

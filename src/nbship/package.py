@@ -1,0 +1,284 @@
+"""From a chosen model to a published bento.
+
+1. the model goes into the BentoML model store with its metadata;
+2. a build folder is staged with only what serving needs (the serving modules, the
+   expectations suite, `serving.json`, requirements exported from uv.lock);
+3. `bentoml build` runs in a subprocess from that folder, so the staged serving code
+   is what gets imported and packaged, not this installed package;
+4. the bento is exported as a folder and published under `bentos/` by swapping a
+   symlink, so a failure at any step leaves the previous bento serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .artifacts import read_model
+
+# The files of this package a bento needs to serve; nothing else of nbship ships.
+SERVING_MODULES = ("__init__.py", "contract.py", "serving.py")
+# Distributions whose exact versions are recorded with every model.
+RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
+# Files whose content defines a run: hashed into the model's metadata.
+DEFINITION_FILES = ("pipeline.yaml", "env.yaml", "uv.lock", "notebooks/*.py", "expectations/*.json")
+KEEP_PUBLISHED = 3
+# Env vars baked into the bento so the container and any `bentoml serve` stay offline.
+BENTO_ENVS = {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "PLOOMBER_STATS_ENABLED": "false",
+    "PLOOMBER_VERSION_CHECK_DISABLED": "1",
+}
+
+
+class PackagingError(RuntimeError):
+    pass
+
+
+def library_versions(names: Sequence[str] = RECORDED_VERSIONS) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def definition_hash(project_dir: str | Path, patterns: Sequence[str] = DEFINITION_FILES) -> str:
+    """sha256 over the pipeline definition, config, lock, notebooks and suites."""
+    root = Path(project_dir)
+    digest = hashlib.sha256()
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def git_commit(project_dir: str | Path) -> str | None:
+    """HEAD's commit (with `-dirty` when the tree has changes), or None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def serving_requirements(project_dir: str | Path) -> str:
+    """Exact pins of the `serve` dependency group, exported from the committed uv.lock."""
+    uv = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if uv is None:
+        raise PackagingError("uv is not installed: it exports the bento's pins from uv.lock")
+    result = subprocess.run(
+        [
+            uv,
+            "export",
+            "--frozen",
+            "--only-group",
+            "serve",
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-header",
+            "--no-annotate",
+        ],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise PackagingError(f"uv export failed in {project_dir}:\n{result.stderr}")
+    return result.stdout
+
+
+def save_model(
+    model: Any, name: str, metadata: Mapping[str, Any], labels: Mapping[str, str]
+) -> str:
+    """Saves to the BentoML model store; returns the explicit `name:version` tag."""
+    import bentoml
+
+    ref = bentoml.sklearn.save_model(
+        name,
+        model,
+        metadata=dict(metadata),
+        labels=dict(labels),
+        signatures={"predict_proba": {"batchable": False}, "predict": {"batchable": False}},
+    )
+    return str(ref.tag)
+
+
+def stage_build_context(
+    staging: Path,
+    *,
+    suite_path: Path,
+    config: Mapping[str, Any],
+    requirements: str,
+    model_tag: str,
+    labels: Mapping[str, str],
+) -> None:
+    """Writes the bento's source folder and its bentofile.yaml."""
+    package_dir = Path(__file__).resolve().parent
+    (staging / "nbship").mkdir(parents=True)
+    for module in SERVING_MODULES:
+        shutil.copy2(package_dir / module, staging / "nbship" / module)
+    (staging / "expectations").mkdir()
+    shutil.copy2(suite_path, staging / "expectations" / suite_path.name)
+    (staging / "serving.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (staging / "requirements.txt").write_text(requirements)
+    bentofile = {
+        "service": "nbship.serving:ModelService",
+        "name": config["bento_name"],
+        "labels": dict(labels),
+        "include": ["nbship/*.py", "expectations/*.json", "serving.json"],
+        "python": {"requirements_txt": "requirements.txt", "lock_packages": False},
+        "models": [model_tag],
+        "envs": [{"name": k, "value": v} for k, v in BENTO_ENVS.items()],
+    }
+    (staging / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
+
+
+def build_bento(staging: Path) -> str:
+    """`bentoml build` in a subprocess; returns the bento tag."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(staging), "--output", "tag"],
+        cwd=staging,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **BENTO_ENVS},
+    )
+    if result.returncode != 0:
+        raise PackagingError(f"bentoml build failed:\n{result.stdout}\n{result.stderr}")
+    # --output tag prints `__tag__:name:version` as its last line
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return tag
+
+
+def publish(bento_tag: str, link: str | Path) -> Path:
+    """Exports the bento as a folder beside `link` and points `link` at it atomically."""
+    import bentoml
+
+    link = Path(link).absolute()  # BentoML's export reads a relative path as from "/"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    version_dir = link.parent / bento_tag.replace(":", "-")
+    staging = Path(tempfile.mkdtemp(prefix=f".{version_dir.name}.", dir=link.parent))
+    try:
+        # fsspec copies *into* an existing folder, so export to one that does not exist yet
+        exported = staging / "bento"
+        bentoml.bentos.get(bento_tag).export(f"{exported}/", output_format="folder")
+        if not (exported / "bento.yaml").is_file():
+            raise PackagingError(f"exporting {bento_tag} produced no bento.yaml")
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        exported.rename(version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if link.exists() and not link.is_symlink():
+        shutil.rmtree(link)  # an older layout kept a plain folder here
+    tmp_link = link.parent / f".{link.name}.link"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(version_dir.name)
+    os.replace(tmp_link, link)
+    _prune(link, keep=KEEP_PUBLISHED)
+    return version_dir
+
+
+def _prune(link: Path, keep: int) -> None:
+    current = link.resolve()
+    published = sorted(
+        (p for p in link.parent.glob(f"{link.name}-*") if p.is_dir() and p != current),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in published[keep - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def package_winner(
+    *,
+    model_path: str | Path,
+    candidate: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    choice: Mapping[str, Any],
+    split_summary: Mapping[str, Any],
+    suite_path: str | Path,
+    features: Mapping[str, Sequence[str]],
+    target: str,
+    bento_name: str,
+    max_batch: int,
+    project_dir: str | Path,
+    reports_dir: str | Path,
+    publish_to: str | Path,
+) -> dict[str, Any]:
+    """Store, build and publish the chosen model; returns what was done (tags, paths)."""
+    model = read_model(model_path)
+    columns = [*features["numeric"], *features["categorical"]]
+    metadata = {
+        "candidate": candidate["candidate"],
+        "params": candidate["params"],
+        "metrics": {"test": evaluation["test"], "train": candidate["train_metrics"]},
+        "selection": {"metric": choice["metric"], "value": choice["value"]},
+        "train_seconds": candidate["train_seconds"],
+        "predict_ms": evaluation["predict_ms"],
+        "data_fingerprint": split_summary["fingerprints"]["train"],
+        "data_fingerprints": split_summary["fingerprints"],
+        "definition_hash": definition_hash(project_dir),
+        "versions": library_versions(),
+        "reports": str(Path(reports_dir).resolve()),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "features": columns,
+        "target": target,
+        "classes": [str(c) for c in model.classes_],
+    }
+    if commit := git_commit(project_dir):  # BentoML metadata cannot hold None
+        metadata["git_commit"] = commit
+    labels = {"candidate": candidate["candidate"], "target": target}
+    model_tag = save_model(model, bento_name, metadata, labels)
+    suite_path = Path(suite_path)
+    config = {
+        "bento_name": bento_name,
+        "model_tag": model_tag,
+        "columns": columns,
+        "target": target,
+        "suite": f"expectations/{suite_path.name}",
+        "max_batch": int(max_batch),
+        "metadata": metadata,
+    }
+    with tempfile.TemporaryDirectory(prefix="nbship-bento-") as tmp:
+        staging = Path(tmp) / "ctx"
+        stage_build_context(
+            staging,
+            suite_path=suite_path,
+            config=config,
+            requirements=serving_requirements(project_dir),
+            model_tag=model_tag,
+            labels={**labels, "model_tag": model_tag.replace(":", "-")},
+        )
+        bento_tag = build_bento(staging)
+    version_dir = publish(bento_tag, publish_to)
+    return {"model_tag": model_tag, "bento_tag": bento_tag, "bento_dir": str(version_dir)}

@@ -1,0 +1,197 @@
+"""The only module that touches Ploomber (archived upstream: keep it behind this seam).
+
+`build` adds one thing in front of Ploomber: a build stamp. Ploomber's own up-to-date
+check needs its import and the rendered DAG (several seconds), so after a successful
+build we record a hash of everything a build reads (definition files, package source,
+products' sizes and mtimes). When nothing of that changed, there is nothing Ploomber
+could re-run, and `build` returns at once. Any difference falls through to Ploomber,
+which decides task by task as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPELINE_FILE = "pipeline.yaml"
+ENV_FILE = "env.yaml"
+STAMP_FILE = ".nbship-build-stamp"
+# What a build reads, relative to the project folder.
+INPUT_PATTERNS = (
+    PIPELINE_FILE,
+    ENV_FILE,
+    "uv.lock",
+    "notebooks/*.py",
+    "expectations/*.json",
+)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    ran: list[str]
+    skipped_by_stamp: bool
+
+
+def read_env(project_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((project_dir / ENV_FILE).read_text()) or {}
+
+
+def _product_dirs(project_dir: Path, env: Mapping[str, Any]) -> list[Path]:
+    return [
+        project_dir / str(env.get("root", "build")),
+        project_dir / str(env.get("bentos", "bentos")),
+    ]
+
+
+def build_stamp(project_dir: Path) -> str:
+    """Hash of the build's inputs and of its products' file listing."""
+    env = read_env(project_dir)
+    digest = hashlib.sha256()
+    inputs = [p for pattern in INPUT_PATTERNS for p in sorted(project_dir.glob(pattern))]
+    inputs += sorted(Path(__file__).parent.glob("*.py"))
+    for path in inputs:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    for folder in _product_dirs(project_dir, env):
+        for path in sorted(_walk(folder)):
+            if path.name == STAMP_FILE:
+                continue
+            st = path.lstat()
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    if not folder.exists():
+        return
+    for dirpath, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            yield Path(dirpath) / name
+
+
+def _stamp_path(project_dir: Path) -> Path:
+    return project_dir / str(read_env(project_dir).get("root", "build")) / STAMP_FILE
+
+
+@contextlib.contextmanager
+def _in(project_dir: Path) -> Iterator[None]:
+    # Ploomber resolves relative products against the working directory.
+    previous = Path.cwd()
+    os.chdir(project_dir)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def load_dag(project_dir: Path) -> Any:
+    """The Ploomber DAG of `pipeline.yaml` with `env.yaml` beside it."""
+    from ploomber.spec import DAGSpec
+
+    with _in(project_dir):
+        return DAGSpec(str(project_dir / PIPELINE_FILE)).to_dag()
+
+
+def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
+    """Runs what is outdated; a failing task raises and leaves earlier products in place."""
+    project_dir = Path(project_dir).resolve()
+    stamp_path = _stamp_path(project_dir)
+    if not force and stamp_path.exists() and stamp_path.read_text() == build_stamp(project_dir):
+        return BuildResult(ran=[], skipped_by_stamp=True)
+    stamp_path.unlink(missing_ok=True)
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        report = dag.build(force=force, show_progress=False)
+    columns = report.values  # column-oriented: {"name": [...], "Ran?": [...]}
+    ran = [name for name, did in zip(columns["name"], columns["Ran?"], strict=True) if did]
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(build_stamp(project_dir))
+    return BuildResult(ran=ran, skipped_by_stamp=False)
+
+
+def status(project_dir: str | Path = ".") -> list[dict[str, Any]]:
+    """One row per task: its name and whether the next build would run it."""
+    project_dir = Path(project_dir).resolve()
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        dag.render(show_progress=False)
+        return [
+            {"task": name, "outdated": bool(task.product._is_outdated())}
+            for name, task in dag.items()
+        ]
+
+
+def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Path:
+    """The DAG as an SVG drawn with networkx + matplotlib: works offline, unlike
+    `ploomber plot`, whose HTML pulls its JavaScript from a CDN."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
+    project_dir = Path(project_dir).resolve()
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        dag.render(show_progress=False)
+        graph = nx.DiGraph()
+        for name, task in dag.items():
+            graph.add_node(name, outdated=bool(task.product._is_outdated()))
+            for up in task.upstream:
+                graph.add_edge(up, name)
+    for layer, nodes in enumerate(nx.topological_generations(graph)):
+        for node in nodes:
+            graph.nodes[node]["layer"] = layer
+    pos = nx.multipartite_layout(graph, subset_key="layer")
+    fig, ax = plt.subplots(
+        figsize=(2.2 * (1 + max(nx.get_node_attributes(graph, "layer").values())), 4)
+    )
+    colors = ["#f4a261" if graph.nodes[n]["outdated"] else "#8ecae6" for n in graph.nodes]
+    nx.draw_networkx(
+        graph,
+        pos,
+        ax=ax,
+        node_color=colors,
+        node_shape="s",
+        node_size=2600,
+        font_size=8,
+        arrowsize=14,
+    )
+    ax.set_title("nbship pipeline (orange: outdated, blue: up to date)")
+    ax.axis("off")
+    out = (
+        Path(output)
+        if output
+        else project_dir / str(read_env(project_dir).get("root", "build")) / "pipeline.svg"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def export_scripts(project_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Each task's notebook with its parameters injected, as a plain Python script, in
+    an order that respects dependencies: the same code, without Ploomber."""
+    import jupytext
+
+    project_dir = Path(project_dir).resolve()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scripts = []
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        dag.render(force=True, show_progress=False)
+        for i, name in enumerate(dag):  # a DAG iterates in topological order
+            task = dag[name]
+            nb = task.source.nb_obj_rendered
+            script = out_dir / f"{i:02d}-{task.name}.py"
+            script.write_text(jupytext.writes(nb, fmt="py:percent"))
+            scripts.append(script)
+    return scripts

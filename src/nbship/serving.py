@@ -1,0 +1,169 @@
+"""The BentoML service that serves a packaged model.
+
+This module and `contract.py` are copied into every bento (see `package.py`); they
+read the bento's own `serving.json` (model tag, features, classes, metadata) and the
+expectations suite shipped beside it. Nothing here imports the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+from _bentoml_sdk.io_models import IORootModel
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError
+from pydantic_core import InitErrorDetails
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .contract import Contract, load_suite, record_model
+
+CONFIG_FILE = "serving.json"
+
+
+def bento_root() -> Path:
+    """The bento's `src/` folder: this file lives in `src/nbship/`."""
+    return Path(__file__).resolve().parent.parent
+
+
+def load_config(root: Path) -> dict[str, Any]:
+    return json.loads((root / CONFIG_FILE).read_text())
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the predicted class")
+    probabilities: dict[str, float] = Field(description="probability of each class")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="tag of the model that answered")
+    predictions: list[Prediction]
+
+
+def request_spec(record: type[BaseModel], max_batch: int) -> type[IORootModel[Any]]:
+    """The POST /predict body: one record object, or a list of 1..max_batch records.
+
+    A callable discriminator picks the branch from the JSON shape, so an error is
+    reported once, against the field that broke the rule, not once per union branch.
+    """
+    batch = Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
+    body = Annotated[
+        Annotated[record, Tag("record")] | Annotated[batch, Tag("records")],
+        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
+    ]
+
+    class PredictRequest(IORootModel[body]):  # type: ignore[valid-type]
+        __root_input__ = True
+
+        @classmethod
+        def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+            try:
+                parsed = json.loads(json_data or b"null")
+            except ValueError as exc:
+                raise ValidationError.from_exception_data(
+                    "request",
+                    [
+                        InitErrorDetails(
+                            type="json_invalid",
+                            loc=("body",),
+                            input=str(json_data)[:80],
+                            ctx={"error": str(exc)},
+                        )
+                    ],
+                ) from None
+            return cls.model_validate(parsed, **kwargs)
+
+        @classmethod
+        def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+            try:
+                return super().model_validate(obj, **kwargs)
+            except ValidationError as exc:
+                raise _without_wrapper_locs(exc) from None
+
+    return PredictRequest
+
+
+def _without_wrapper_locs(exc: ValidationError) -> ValidationError:
+    """Drop the `root` / union-tag parts of each error location so it reads `[0, "island"]`."""
+    details: list[InitErrorDetails] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p not in ("root", "record", "records"))
+        detail = InitErrorDetails(type=err["type"], loc=loc or ("body",), input=err.get("input"))
+        if "ctx" in err:
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data("predict request", details)
+
+
+class _QuietValidationErrors(logging.Filter):
+    """BentoML logs every rejected request as an ERROR with a traceback; a 400 is the
+    client's mistake, so keep it to one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ValidationError):
+            exc = record.exc_info[1]
+            record.msg = "rejected request on %s: %d validation error(s)"
+            record.args = (record.args[0] if record.args else "?", exc.error_count())
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietValidationErrors())
+
+ROOT = bento_root()
+CONFIG = load_config(ROOT)
+CONTRACT = Contract.from_suite(load_suite(ROOT / CONFIG["suite"]), CONFIG["columns"])
+Record = record_model(CONTRACT, name="Record")
+PredictRequest = request_spec(Record, CONFIG["max_batch"])
+INFO = {key: CONFIG[key] for key in ("model_tag", "bento_name", "metadata")}
+
+
+async def info(_: Request) -> JSONResponse:
+    return JSONResponse(INFO)
+
+
+info_app = Starlette(routes=[Route("/info", info, methods=["GET"])])
+
+
+@bentoml.service(name=CONFIG["bento_name"], traffic={"timeout": 30}, workers=1)
+@bentoml.asgi_app(info_app, path="/", name="info")
+class ModelService:
+    """Predicts the target for records keyed by the dataset's column names."""
+
+    model_ref = bentoml.models.BentoModel(CONFIG["model_tag"])
+
+    def __init__(self) -> None:
+        self.model = bentoml.sklearn.load_model(self.model_ref)
+        self.classes = [str(c) for c in self.model.classes_]
+        self.columns = list(CONFIG["columns"])
+
+    @bentoml.api(input_spec=PredictRequest, route="/predict")
+    def predict(self, body: Any, /) -> PredictResponse:
+        """Predicted label and class probabilities for one record or a list of records."""
+        records = body if isinstance(body, list) else [body]
+        frame = self.frame(records)
+        proba = self.model.predict_proba(frame)
+        best = np.argmax(proba, axis=1)
+        return PredictResponse(
+            model=CONFIG["model_tag"],
+            predictions=[
+                Prediction(
+                    label=self.classes[i],
+                    probabilities=dict(zip(self.classes, row.tolist(), strict=True)),
+                )
+                for i, row in zip(best, proba, strict=True)
+            ],
+        )
+
+    def frame(self, records: list[Any]) -> pd.DataFrame:
+        """Columnar construction: one list per column, not one dict per row."""
+        return pd.DataFrame({c: [getattr(r, c) for r in records] for c in self.columns})

@@ -1,0 +1,141 @@
+"""Candidate models, fitting, scoring and choosing the winner.
+
+Every candidate is one scikit-learn Pipeline that starts from the raw feature
+columns, so the served model needs no feature code of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+ESTIMATORS: dict[str, Callable[..., ClassifierMixin]] = {
+    "logreg": LogisticRegression,
+    "forest": RandomForestClassifier,
+    "knn": KNeighborsClassifier,
+    "hist_gb": HistGradientBoostingClassifier,
+}
+
+# name -> True when a larger value is better
+METRICS: dict[str, bool] = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "f1_macro": True,
+    "log_loss": False,
+}
+
+
+@dataclass(frozen=True)
+class Features:
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @classmethod
+    def from_params(cls, features: Mapping[str, Sequence[str]]) -> Features:
+        return cls(tuple(features["numeric"]), tuple(features["categorical"]))
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+def build_candidate(
+    estimator: str, features: Features, hyperparams: Mapping[str, Any] | None = None
+) -> Pipeline:
+    """An unfitted Pipeline: imputation, scaling, one-hot encoding, then the estimator."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}: choose from {sorted(ESTIMATORS)}")
+    preprocess = ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
+                list(features.numeric),
+            ),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+                    ]
+                ),
+                list(features.categorical),
+            ),
+        ]
+    )
+    return Pipeline(
+        [("preprocess", preprocess), ("model", ESTIMATORS[estimator](**(hyperparams or {})))]
+    )
+
+
+def fit(model: Pipeline, frame: pd.DataFrame, features: Features, target: str) -> float:
+    """Fit in place; returns the training time in seconds."""
+    started = time.perf_counter()
+    model.fit(frame[features.columns], frame[target])
+    return time.perf_counter() - started
+
+
+def score(
+    model: Pipeline, frame: pd.DataFrame, features: Features, target: str
+) -> dict[str, float]:
+    """Every metric in METRICS on one labelled frame."""
+    X, y = frame[features.columns], frame[target]
+    proba = model.predict_proba(X)
+    predicted = model.classes_[np.argmax(proba, axis=1)]
+    return {
+        "accuracy": float(accuracy_score(y, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
+        "f1_macro": float(f1_score(y, predicted, average="macro")),
+        "log_loss": float(log_loss(y, proba, labels=model.classes_)),
+    }
+
+
+def predict_latency_ms(model: Pipeline, rows: pd.DataFrame, repeats: int = 20) -> dict[str, float]:
+    """Median and worst one-row predict_proba time over the given rows, in milliseconds."""
+    times = []
+    for _ in range(repeats):
+        for i in range(len(rows)):
+            started = time.perf_counter()
+            model.predict_proba(rows.iloc[i : i + 1])
+            times.append((time.perf_counter() - started) * 1000)
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+
+
+@dataclass(frozen=True)
+class Choice:
+    winner: str
+    metric: str
+    value: float
+    ranking: list[tuple[str, float]]
+
+
+def choose_winner(metrics: Mapping[str, Mapping[str, float]], metric: str) -> Choice:
+    """The candidate with the best test value of `metric`; ties go to the first name in order."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown selection metric {metric!r}: choose from {sorted(METRICS)}")
+    if not metrics:
+        raise ValueError("no candidates to choose from")
+    sign = 1.0 if METRICS[metric] else -1.0
+    ranking = sorted(
+        ((name, float(m[metric])) for name, m in sorted(metrics.items())),
+        key=lambda item: -sign * item[1],
+    )
+    name, value = ranking[0]
+    return Choice(winner=name, metric=metric, value=value, ranking=ranking)

@@ -1,0 +1,88 @@
+"""Session fixtures: one real pipeline build of a sample project in a temp folder,
+shared by the integration and e2e tests (the build is the slow part)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import PROJECT
+
+# What a project folder needs to build: definitions, notebooks, suites, and the lock
+# that the bento's pins are exported from.
+PROJECT_FILES = ("pipeline.yaml", "env.yaml", "pyproject.toml", "uv.lock", "README.md")
+PROJECT_DIRS = ("notebooks", "expectations")
+NBSHIP = str(Path(sys.executable).with_name("nbship"))
+
+
+@dataclass(frozen=True)
+class Project:
+    path: Path
+    env: dict[str, str]  # environment for subprocesses (own BentoML home)
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [NBSHIP, *args],
+            cwd=self.path,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=900,
+        )
+
+    @property
+    def config(self) -> dict:
+        return yaml.safe_load((self.path / "env.yaml").read_text())
+
+    def write_config(self, config: dict) -> None:
+        (self.path / "env.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    @property
+    def bento(self) -> Path:
+        cfg = self.config
+        return self.path / cfg["bentos"] / cfg["bento"]["name"]
+
+    @property
+    def root(self) -> Path:
+        return self.path / self.config["root"]
+
+
+def copy_project(dest: Path, bentoml_home: Path) -> Project:
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(PROJECT / name, dest / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(PROJECT / name, dest / name)
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    return Project(path=dest, env=env)
+
+
+def sample_config(project: Project) -> None:
+    """A smaller, faster variant of the real env.yaml: same columns and rules."""
+    cfg = project.config
+    cfg["data"]["sample_rows"] = 240
+    cfg["split"]["golden_size"] = 12
+    cfg["hyperparams"]["forest"]["n_estimators"] = 30
+    project.write_config(cfg)
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bentoml-home")
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Project:
+    project = copy_project(tmp_path_factory.mktemp("sample") / "project", bentoml_home)
+    sample_config(project)
+    result = project.run("build")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project

@@ -1,0 +1,167 @@
+"""A real `bentoml serve` of the built bento on 127.0.0.1, called over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import Project
+from tests.support import free_port, start, stop, wait_http
+
+pytestmark = pytest.mark.e2e
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+RECORD = {
+    "island": "Biscoe",
+    "bill_length_mm": 45.2,
+    "bill_depth_mm": 15.1,
+    "flipper_length_mm": 215,
+    "body_mass_g": 5200,
+    "sex": "male",
+}
+
+
+@pytest.fixture(scope="module")
+def server(built_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "bentoml.log"
+    cmd = [BENTOML, "serve", str(built_project.bento), "--host", "127.0.0.1", "--port", str(port)]
+    proc = start(cmd, log, env={"BENTOML_HOME": str(tmp_path_factory.mktemp("empty-home"))})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
+
+
+def post(url: str, body: object) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json=body, timeout=30)
+
+
+def test_single_record(server: str, built_project: Project):
+    response = post(server, RECORD)
+    assert response.status_code == 200
+    body = response.json()
+    tag = json.loads((built_project.root / "package.json").read_text())["model_tag"]
+    assert body["model"] == tag
+    (prediction,) = body["predictions"]
+    assert prediction["label"] in {"Adelie", "Chinstrap", "Gentoo"}
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+    assert prediction["label"] == max(
+        prediction["probabilities"], key=prediction["probabilities"].get
+    )
+
+
+def test_batch_with_nulls(server: str):
+    records = [RECORD, {**RECORD, "island": "Dream", "sex": None, "bill_length_mm": None}]
+    response = post(server, records)
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 2
+
+
+def _errors(response: httpx.Response) -> list[dict]:
+    assert "Traceback" not in response.text
+    return response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        ({**RECORD, "bill_length_mm": "long"}, "bill_length_mm", "number"),
+        ({k: v for k, v in RECORD.items() if k != "island"}, "island", "required"),
+        ({**RECORD, "island": "Atlantis"}, "island", "Biscoe"),
+        ({**RECORD, "body_mass_g": 90000}, "body_mass_g", "less than or equal"),
+        ({**RECORD, "beak_colour": "red"}, "beak_colour", "not permitted"),
+        ([RECORD, {**RECORD, "sex": 3}], "sex", "male"),
+    ],
+    ids=[
+        "wrong-type",
+        "missing-field",
+        "unknown-category",
+        "out-of-range",
+        "unknown-field",
+        "bad-row-in-batch",
+    ],
+)
+def test_bad_input_is_a_400_naming_field_and_rule(server: str, body, field, rule):
+    response = post(server, body)
+    assert response.status_code == 400
+    errors = _errors(response)
+    assert any(field in map(str, e["loc"]) and rule.lower() in e["msg"].lower() for e in errors), (
+        errors
+    )
+
+
+def test_batch_error_names_the_row(server: str):
+    errors = _errors(post(server, [RECORD, RECORD, {**RECORD, "island": "Atlantis"}]))
+    assert errors[0]["loc"][:2] == [2, "island"]
+
+
+def test_empty_and_oversized_batches_are_400(server: str, built_project: Project):
+    empty = post(server, [])
+    assert empty.status_code == 400
+    assert "at least 1" in _errors(empty)[0]["msg"]
+    limit = built_project.config["bento"]["max_batch"]
+    big = post(server, [RECORD] * (limit + 1))
+    assert big.status_code == 400
+    assert f"at most {limit}" in _errors(big)[0]["msg"]
+
+
+def test_malformed_json_is_400(server: str):
+    response = httpx.post(
+        f"{server}/predict",
+        content=b'{"island": "Biscoe"',
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    errors = _errors(response)
+    assert errors[0]["loc"] == ["body"] and "json" in errors[0]["msg"].lower()
+
+
+def test_info_describes_the_model(server: str, built_project: Project):
+    info = httpx.get(f"{server}/info", timeout=10).json()
+    summary = json.loads((built_project.root / "package.json").read_text())
+    assert info["model_tag"] == summary["model_tag"]
+    meta = info["metadata"]
+    assert meta["data_fingerprint"].startswith("sha256:")
+    assert set(meta["metrics"]["test"]) >= {"accuracy", "f1_macro"}
+    assert meta["versions"]["scikit-learn"]
+    assert meta["definition_hash"].startswith("sha256:")
+
+
+def test_openapi_shows_every_field_with_type_and_rule(server: str):
+    spec = httpx.get(f"{server}/docs.json", timeout=10).json()
+    text = json.dumps(spec)
+    record = spec["components"]["schemas"]["Record"]
+    assert set(record["required"]) == set(RECORD)
+    assert "Torgersen" in json.dumps(record["properties"]["island"])
+    assert "70" in json.dumps(record["properties"]["bill_length_mm"])
+    assert "/predict" in text
+
+
+def test_served_predictions_equal_in_process_ones_row_by_row(server: str, built_project: Project):
+    # the model file inside the bento, loaded without BentoML: what was shipped
+    name, version = json.loads((built_project.root / "package.json").read_text())[
+        "model_tag"
+    ].split(":")
+    model = joblib.load(built_project.bento / "models" / name / version / "saved_model.pkl")
+    test = pd.read_parquet(built_project.root / "data" / "test.parquet")
+    columns = list(RECORD)
+    records = json.loads(test[columns].to_json(orient="records"))
+    served = post(server, records).json()["predictions"]
+    expected = model.predict_proba(test[columns])
+    assert len(served) == len(test)
+    for row, (got, want) in enumerate(zip(served, expected, strict=True)):
+        assert got["label"] == model.classes_[np.argmax(want)], row
+        assert [got["probabilities"][c] for c in model.classes_] == pytest.approx(want, abs=1e-9)

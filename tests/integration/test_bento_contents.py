@@ -1,0 +1,80 @@
+"""Opens the built bento and checks what ships: exact pins, explicit model tag, the suite."""
+
+import importlib.metadata
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import Project
+from tests.support import PROJECT
+
+pytestmark = pytest.mark.integration
+
+NOT_FOR_SERVING = (
+    "jupyterlab",
+    "notebook",
+    "ploomber",
+    "papermill",
+    "great-expectations",
+    "nbconvert",
+    "ipykernel",
+    "matplotlib",
+)
+
+
+def _requirements(bento) -> dict[str, str]:
+    pins = {}
+    for line in (bento / "env" / "python" / "requirements.txt").read_text().splitlines():
+        line = line.split(";")[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        assert "==" in line, f"unpinned requirement: {line}"
+        name, version = line.split("==")
+        pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_every_requirement_is_an_exact_pin_matching_the_lock(built_project: Project):
+    pins = _requirements(built_project.bento)
+    for name in ("bentoml", "scikit-learn", "pandas", "numpy", "pydantic"):
+        assert pins[name] == importlib.metadata.version(name), name
+    assert not set(NOT_FOR_SERVING) & set(pins)
+
+
+def test_model_tag_is_explicit_everywhere(built_project: Project):
+    summary = json.loads((built_project.root / "package.json").read_text())
+    tag = summary["model_tag"]
+    name, version = tag.split(":")
+    assert version and version != "latest"
+    bento_yaml = yaml.safe_load((built_project.bento / "bento.yaml").read_text())
+    assert [m["tag"] for m in bento_yaml["models"]] == [tag]
+    serving = json.loads((built_project.bento / "src" / "serving.json").read_text())
+    assert serving["model_tag"] == tag
+    assert (built_project.bento / "models" / name / version / "model.yaml").exists()
+    assert ":latest" not in (built_project.bento / "src" / "bentofile.yaml").read_text()
+
+
+def test_the_suite_ships_and_only_serving_code(built_project: Project):
+    src = built_project.bento / "src"
+    suite = json.loads((src / "expectations" / "penguins.json").read_text())
+    assert suite == json.loads((PROJECT / "expectations" / "penguins.json").read_text())
+    shipped = sorted(p.name for p in (src / "nbship").glob("*.py"))
+    assert shipped == ["__init__.py", "contract.py", "serving.py"]
+
+
+def test_model_metadata_is_complete(built_project: Project):
+    meta = json.loads((built_project.bento / "src" / "serving.json").read_text())["metadata"]
+    for key in (
+        "params",
+        "metrics",
+        "data_fingerprint",
+        "definition_hash",
+        "versions",
+        "trained_at",
+        "train_seconds",
+        "predict_ms",
+        "reports",
+    ):
+        assert key in meta, key
+    assert meta["versions"]["bentoml"] == importlib.metadata.version("bentoml")

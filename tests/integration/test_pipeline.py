@@ -1,0 +1,115 @@
+import hashlib
+import json
+import shutil
+import time
+
+import pandas as pd
+import pytest
+
+from nbship import pipeline
+from tests.conftest import Project
+
+pytestmark = pytest.mark.integration
+
+TASKS = [
+    "load",
+    "validate",
+    "split",
+    "train-logreg",
+    "train-forest",
+    "train-knn",
+    "evaluate",
+    "choose",
+    "package",
+]
+
+
+def test_build_produces_every_report_and_a_bento(built_project: Project):
+    reports = built_project.root / "reports"
+    for task in TASKS:
+        # Ploomber's grid appends the grid index to product names: train-logreg-0.html
+        (report,) = list(reports.glob(f"{task}.html")) or list(reports.glob(f"{task}-[0-9]*.html"))
+        assert "<html" in report.read_text()[:2000].lower()
+    summary = json.loads((built_project.root / "package.json").read_text())
+    assert summary["model_tag"].startswith("penguins_classifier:")
+    assert (built_project.bento / "bento.yaml").exists()
+    assert built_project.bento.is_symlink()
+
+
+def test_winner_is_the_best_candidate_by_the_configured_metric(built_project: Project):
+    evaluation = json.loads((built_project.root / "evaluation.json").read_text())
+    winner = json.loads((built_project.root / "winner.json").read_text())
+    metric = built_project.config["selection_metric"]
+    best = max(evaluation, key=lambda name: evaluation[name]["test"][metric])
+    assert winner["winner"] == best
+    assert winner["value"] == pytest.approx(evaluation[best]["test"][metric])
+
+
+def test_noop_rebuild_runs_no_task(built_project: Project):
+    started = time.perf_counter()
+    result = built_project.run("build", check=True)
+    assert "Nothing to build" in result.stdout
+    assert time.perf_counter() - started < 10
+    # and without the stamp, Ploomber's own check agrees
+    (built_project.root / pipeline.STAMP_FILE).unlink()
+    result = built_project.run("build", check=True)
+    assert "Nothing to build" in result.stdout, result.stdout + result.stderr
+
+
+def test_editing_one_task_reruns_it_and_what_depends_on_it(tmp_path, built_project: Project):
+    project = _copy_built(built_project, tmp_path)
+    notebook = project.path / "notebooks" / "choose.py"
+    notebook.write_text(notebook.read_text() + "\n# %%\nprint('edited')\n")
+    result = project.run("build", check=True)
+    ran = result.stdout.strip().split(": ", 1)[1].split(", ")
+    assert sorted(ran) == ["choose", "package"]
+
+
+def _copy_built(built: Project, dest_parent) -> Project:
+    dest = dest_parent / "copy"
+    shutil.copytree(built.path, dest, symlinks=True)
+    return Project(path=dest, env=built.env)
+
+
+def _tree_digest(folder) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_corrupted_data_fails_validation_and_keeps_the_earlier_bento(
+    tmp_path, built_project: Project
+):
+    project = _copy_built(built_project, tmp_path)
+    published = project.bento.resolve()
+    before = _tree_digest(published)
+    raw = pd.read_parquet(project.root / "data" / "raw.parquet")
+    raw.loc[0:4, "bill_length_mm"] = 999.0
+    raw.loc[5, "island"] = "Atlantis"
+    raw = raw.drop(columns=["year"])
+    raw.to_csv(project.path / "corrupted.csv", index=False)
+    cfg = project.config
+    cfg["data"]["source"] = "corrupted.csv"
+    cfg["data"]["sample_rows"] = None
+    project.write_config(cfg)
+
+    result = project.run("build")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Data validation failed" in output
+    for expectation, column in [
+        ("expect_column_values_to_be_between", "bill_length_mm"),
+        ("expect_column_values_to_be_in_set", "island"),
+    ]:
+        assert any(expectation in line and column in line for line in output.splitlines()), (
+            expectation,
+            column,
+            output[-3000:],
+        )
+    assert "expect_table_columns_to_match_set" in output
+    # nothing downstream ran and the published bento is the same one, byte for byte
+    assert project.bento.resolve() == published
+    assert _tree_digest(published) == before
+    assert not list(project.bento.parent.glob(".*.tmp*"))
