@@ -81,3 +81,18 @@ def serve(project: Path, port: int, host: str) -> None:
         raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(bentoml, [str(bentoml), "serve", str(bento), "--host", host, "--port", str(port)])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@PROJECT_OPTION
+@click.pass_context
+def lab(ctx: click.Context, project: Path) -> None:
+    """JupyterLab on 127.0.0.1 with the project's Jupyter config (see docs/jupyterlab.md).
+
+    Extra arguments go to `jupyter lab`. Jupyter no longer reads config from the current
+    folder, so the file that turns off Ploomber's broken server extension is named here.
+    """
+    config = project.resolve() / "jupyter_server_config.py"
+    jupyter = Path(sys.executable).with_name("jupyter")
+    os.chdir(project)
+    os.execv(jupyter, [str(jupyter), "lab", f"--config={config}", *ctx.args])

@@ -165,3 +165,15 @@ def test_served_predictions_equal_in_process_ones_row_by_row(server: str, built_
     for row, (got, want) in enumerate(zip(served, expected, strict=True)):
         assert got["label"] == model.classes_[np.argmax(want)], row
         assert [got["probabilities"][c] for c in model.classes_] == pytest.approx(want, abs=1e-9)
+
+
+def test_nbship_serve_command_serves_the_published_bento(built_project: Project, tmp_path: Path):
+    port = free_port()
+    nbship = str(Path(sys.executable).with_name("nbship"))
+    proc = start([nbship, "serve", "-p", str(built_project.path), "--port", str(port)],
+                 tmp_path / "serve.log", env=built_project.env)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=90)
+        assert post(f"http://127.0.0.1:{port}", RECORD).status_code == 200
+    finally:
+        stop(proc)

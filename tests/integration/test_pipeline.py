@@ -1,7 +1,10 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,6 +57,19 @@ def test_noop_rebuild_runs_no_task(built_project: Project):
     (built_project.root / pipeline.STAMP_FILE).unlink()
     result = built_project.run("build", check=True)
     assert "Nothing to build" in result.stdout, result.stdout + result.stderr
+
+
+def test_plain_ploomber_build_agrees_nothing_is_outdated(built_project: Project):
+    ploomber = str(Path(sys.executable).with_name("ploomber"))
+    result = subprocess.run(
+        [ploomber, "build"], cwd=built_project.path, env=built_project.env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in
+            ([t] for t in TASKS)]  # fmt: skip
+    assert sorted(row[0] for row in rows) == sorted(TASKS)
+    assert {row[1] for row in rows} == {"False"}
 
 
 def test_editing_one_task_reruns_it_and_what_depends_on_it(tmp_path, built_project: Project):
