@@ -14,3 +14,7 @@ c.ServerApp.jpserver_extensions = {"ploomber": False}
 
 # Local use only: do not listen on other interfaces.
 c.ServerApp.ip = "127.0.0.1"
+
+# No outbound calls: JupyterLab's update check and news feed fetch from the internet.
+c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
+c.LabApp.news_url = None

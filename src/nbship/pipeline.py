@@ -105,14 +105,27 @@ def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
     if not force and stamp_path.exists() and stamp_path.read_text() == build_stamp(project_dir):
         return BuildResult(ran=[], skipped_by_stamp=True)
     stamp_path.unlink(missing_ok=True)
+    from ploomber.executors import Serial
+
     with _in(project_dir):
         dag = load_dag(project_dir)
+        # One process for all tasks (libraries import once), and the first failure
+        # propagates as itself (chained), not as Ploomber's text summary.
+        dag.executor = Serial(build_in_subprocess=False, catch_exceptions=False)
         report = dag.build(force=force, show_progress=False)
     columns = report.values  # column-oriented: {"name": [...], "Ran?": [...]}
     ran = [name for name, did in zip(columns["name"], columns["Ran?"], strict=True) if did]
     stamp_path.parent.mkdir(parents=True, exist_ok=True)
     stamp_path.write_text(build_stamp(project_dir))
     return BuildResult(ran=ran, skipped_by_stamp=False)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain: e.g. the DataValidationError a task raised
+    under Ploomber's TaskBuildError."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
 
 
 def status(project_dir: str | Path = ".") -> list[dict[str, Any]]:
