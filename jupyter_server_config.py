@@ -1,7 +1,7 @@
 # Project Jupyter settings. Start JupyterLab from the project root with
-#     uv run jupyter lab --config=jupyter_server_config.py
-# (jupyter_core >= 4.11.2 no longer reads config files from the current directory,
-# CVE-2022-39286, so the file must be named on the command line.)
+#     uv run nbship lab    (= uv run jupyter lab --config=jupyter_server_config.py)
+# Plain `jupyter lab` does not read this file: jupyter_core >= 4.11.2 no longer reads
+# config from the current directory (CVE-2022-39286), so it must be named with --config.
 # See docs/jupyterlab.md.
 c = get_config()  # noqa: F821
 

@@ -29,16 +29,14 @@ def main() -> None:
 def build(project: Path, force: bool) -> None:
     """Run the pipeline: only tasks whose source, params or upstream changed."""
     from .pipeline import build as run_build
-    from .pipeline import root_cause
+    from .pipeline import failure_cause
 
     try:
         result = run_build(project, force=force)
-    except Exception as exc:  # the failing task's own error, without Ploomber's traceback
-        click.echo(f"build failed: {exc}", err=True)
-        cause = root_cause(exc)
-        if cause is not exc:
-            click.echo(f"{type(cause).__name__}: {cause}", err=True)
-        click.echo("earlier products, and the published bento, are unchanged", err=True)
+    except Exception as exc:  # the failing task's own error, without Ploomber's stack
+        cause = failure_cause(str(exc))
+        click.echo(f"build failed: {cause or exc}", err=True)
+        click.echo("Earlier products, and the published bento, are unchanged.", err=True)
         sys.exit(1)
     if not result.ran:
         click.echo("Nothing to build: every task is up to date.")

@@ -163,9 +163,20 @@ class ValidationSummary:
     statistics: dict[str, Any] = field(default_factory=dict)
 
 
+def _raised(exception_info: dict[str, Any]) -> str | None:
+    """GX's exception message, whether at the top level or (when a metric raised, e.g.
+    on a missing column) nested under each metric's id."""
+    infos = [exception_info, *(v for v in exception_info.values() if isinstance(v, dict))]
+    for info in infos:
+        if info.get("raised_exception"):
+            message = str(info.get("exception_message") or "raised an exception")
+            return message.splitlines()[0]
+    return None
+
+
 def _detail(result: dict[str, Any], exception_info: dict[str, Any]) -> str:
-    if exception_info.get("raised_exception"):
-        return str(exception_info.get("exception_message", "raised an exception")).splitlines()[0]
+    if raised := _raised(exception_info):
+        return raised
     if "unexpected_count" in result:
         sample = result.get("partial_unexpected_list") or []
         text = f"{result['unexpected_count']} unexpected value(s)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ import yaml
 PIPELINE_FILE = "pipeline.yaml"
 ENV_FILE = "env.yaml"
 STAMP_FILE = ".nbship-build-stamp"
+PLOT_FILE = "pipeline.svg"
+# Files under the products folder that no task makes: they must not void the stamp.
+NOT_PRODUCTS = {STAMP_FILE, PLOT_FILE}
 # What a build reads, relative to the project folder.
 INPUT_PATTERNS = (
     PIPELINE_FILE,
@@ -60,7 +64,7 @@ def build_stamp(project_dir: Path) -> str:
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     for folder in _product_dirs(project_dir, env):
         for path in sorted(_walk(folder)):
-            if path.name == STAMP_FILE:
+            if path.name in NOT_PRODUCTS:
                 continue
             st = path.lstat()
             digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -109,9 +113,8 @@ def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
 
     with _in(project_dir):
         dag = load_dag(project_dir)
-        # One process for all tasks (libraries import once), and the first failure
-        # propagates as itself (chained), not as Ploomber's text summary.
-        dag.executor = Serial(build_in_subprocess=False, catch_exceptions=False)
+        # one process for all tasks: the libraries import once, not once per task
+        dag.executor = Serial(build_in_subprocess=False)
         report = dag.build(force=force, show_progress=False)
     columns = report.values  # column-oriented: {"name": [...], "Ran?": [...]}
     ran = [name for name, did in zip(columns["name"], columns["Ran?"], strict=True) if did]
@@ -120,12 +123,25 @@ def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
     return BuildResult(ran=ran, skipped_by_stamp=False)
 
 
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain: e.g. the DataValidationError a task raised
-    under Ploomber's TaskBuildError."""
-    while (inner := exc.__cause__ or exc.__context__) is not None:
-        exc = inner
-    return exc
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception)): (?P<message>.*)$")
+
+
+def failure_cause(message: str) -> str | None:
+    """The failing task's own exception (type and message, without stack) from the text
+    of Ploomber's DAGBuildError, which carries the tracebacks only as text."""
+    found: list[str] | None = None
+    block: list[str] | None = None
+    for line in message.splitlines():
+        match = _EXCEPTION_LINE.match(line)
+        if match and not match["type"].startswith("ploomber."):
+            block = [f"{match['type'].rsplit('.', 1)[-1]}: {match['message']}"]
+            found = block
+        elif block is not None:
+            if not line.strip() or line.startswith(("ploomber.", "Traceback", "=")):
+                block = None
+            else:
+                block.append(line)
+    return "\n".join(found) if found else None
 
 
 def status(project_dir: str | Path = ".") -> list[dict[str, Any]]:
@@ -181,7 +197,7 @@ def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Pat
     out = (
         Path(output)
         if output
-        else project_dir / str(read_env(project_dir).get("root", "build")) / "pipeline.svg"
+        else project_dir / str(read_env(project_dir).get("root", "build")) / PLOT_FILE
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")

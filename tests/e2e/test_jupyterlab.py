@@ -1,7 +1,8 @@
-"""A real JupyterLab on 127.0.0.1, started the way docs/jupyterlab.md says, in a copy
-of the project: the .py tasks open as notebooks and save back as clean percent-format
-.py (Ploomber's server extension, which breaks /api/contents, is off via the project's
-jupyter_server_config.py)."""
+"""A real JupyterLab on 127.0.0.1, started both ways docs/jupyterlab.md gives (`nbship lab`
+and `jupyter lab --config=jupyter_server_config.py`), in a copy of the project: the .py
+tasks open as notebooks and save back as clean percent-format .py. Ploomber's server
+extension, which breaks /api/contents, is off via the project's jupyter_server_config.py;
+plain `jupyter lab` would not read that file (no config from the current folder)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from traitlets.config.loader import PyFileConfigLoader
 
 from tests.support import PROJECT, free_port, start, stop, wait_http
 
@@ -36,8 +38,28 @@ class Lab:
         return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+NBSHIP = str(Path(sys.executable).with_name("nbship"))
+LAUNCHERS = {
+    # what the docs tell users to run from the project root
+    "nbship-lab": [NBSHIP, "lab", "-p", "."],
+    # what `nbship lab` runs; also documented
+    "jupyter-lab-config": [sys.executable, "-m", "jupyter", "lab", f"--config={CONFIG}"],
+}
+
+
+def test_project_config_values():
+    config = PyFileConfigLoader(CONFIG, path=str(PROJECT)).load_config()
+    server = config.ServerApp
+    assert server.ip == "127.0.0.1"
+    assert server.get("jpserver_extensions", {}).get("ploomber") is False
+    # jupytext's own contents manager must stay in charge; browser opening is left to
+    # the user (tests pass --no-browser)
+    assert "contents_manager_class" not in server
+    assert "open_browser" not in server
+
+
+@pytest.fixture(scope="module", params=sorted(LAUNCHERS))
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # A copy of the project's layout: with pipeline.yaml present, Ploomber's contents
     # manager (if it were active) would find the DAG and inject parameters.
     folder = tmp_path_factory.mktemp("lab") / "project"
@@ -47,10 +69,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("jupyter-home")
     port = free_port()
     # No --ip: the project's config must bind 127.0.0.1 on its own.
-    # the documented command: `nbship lab` = `jupyter lab --config=jupyter_server_config.py`
-    nbship = str(Path(sys.executable).with_name("nbship"))
     cmd = [
-        nbship, "lab", "-p", str(folder),
+        *LAUNCHERS[request.param],
         "--no-browser", f"--port={port}", f"--IdentityProvider.token={TOKEN}",
     ]  # fmt: skip
     if os.geteuid() == 0:  # containers
