@@ -25,11 +25,18 @@ INTEGER_TYPES = {"int", "int64", "int32", "Int64", "Int32"}
 
 
 def load_suite(path: str | Path) -> dict[str, Any]:
+    """The suite as plain JSON: the form GX 1.x writes (`name`, `expectations`, `meta`)."""
     return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)
 class FieldSpec:
+    """What the suite allows in one column: kind, inclusive bounds, categories, nulls.
+
+    `nullable` is True when the suite lets the column be partly null (a not-null
+    expectation with `mostly` < 1) or says nothing about nulls at all.
+    """
+
     name: str
     kind: Kind
     minimum: float | None = None
@@ -55,6 +62,8 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class Contract:
+    """The suite's rules for the columns a consumer cares about, in that consumer's order."""
+
     suite_name: str
     fields: tuple[FieldSpec, ...]
 
@@ -76,6 +85,7 @@ class Contract:
         return cls(suite_name=str(suite.get("name")), fields=tuple(specs))
 
     def field(self, name: str) -> FieldSpec:
+        """The spec of column `name`; KeyError when the contract does not keep it."""
         for spec in self.fields:
             if spec.name == name:
                 return spec
@@ -138,6 +148,9 @@ def record_model(contract: Contract, name: str = "Record") -> type[BaseModel]:
 
 @dataclass(frozen=True)
 class Failure:
+    """One failed expectation: its type, its column (None for table-level ones), and what
+    GX observed (unexpected count, share and sample values, or the exception it raised)."""
+
     expectation: str
     column: str | None
     detail: str
@@ -148,6 +161,8 @@ class Failure:
 
 
 class DataValidationError(Exception):
+    """A table broke the suite; `failures` lists every failed expectation."""
+
     def __init__(self, failures: list[Failure]) -> None:
         self.failures = failures
         lines = [f"Data validation failed: {len(failures)} expectation(s) failed"]
@@ -157,6 +172,8 @@ class DataValidationError(Exception):
 
 @dataclass(frozen=True)
 class ValidationSummary:
+    """The outcome of a suite run: `statistics` is GX's own (evaluated/successful counts)."""
+
     success: bool
     evaluated: int
     failures: list[Failure] = field(default_factory=list)
@@ -200,6 +217,7 @@ def validate_frame(df: pd.DataFrame, suite_path: str | Path) -> ValidationSummar
         # GX logs and drops an invalid expectation instead of failing: refuse instead
         raise ValueError(f"suite {suite_path} has expectations GX could not load")
     context = gx.get_context(mode="ephemeral")
+    # GX 1.x draws a tqdm "Calculating Metrics" bar per validation unless told not to
     context.variables.progress_bars = {"globally": False}
     batch = (
         context.data_sources.add_pandas("nbship")

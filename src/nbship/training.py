@@ -126,16 +126,28 @@ class Choice:
     ranking: list[tuple[str, float]]
 
 
-def choose_winner(metrics: Mapping[str, Mapping[str, float]], metric: str) -> Choice:
-    """The candidate with the best test value of `metric`; ties go to the first name in order."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown selection metric {metric!r}: choose from {sorted(METRICS)}")
+def choose_winner(
+    metrics: Mapping[str, Mapping[str, float]], metric: str, tie_break: str = "log_loss"
+) -> Choice:
+    """The candidate with the best test value of `metric`.
+
+    Small test sets often tie on a thresholded metric (every candidate at f1 = 1.0), so
+    ties are broken by `tie_break` (default log loss: a proper scoring rule, which still
+    tells confident from lucky), then by name, so the choice is deterministic.
+    """
+    for name in (metric, tie_break):
+        if name not in METRICS:
+            raise ValueError(f"unknown selection metric {name!r}: choose from {sorted(METRICS)}")
     if not metrics:
         raise ValueError("no candidates to choose from")
-    sign = 1.0 if METRICS[metric] else -1.0
-    ranking = sorted(
-        ((name, float(m[metric])) for name, m in sorted(metrics.items())),
-        key=lambda item: -sign * item[1],
-    )
+
+    def key(item: tuple[str, Mapping[str, float]]) -> tuple[float, float, str]:
+        name, m = item
+        primary = -m[metric] if METRICS[metric] else m[metric]
+        secondary = -m.get(tie_break, 0.0) if METRICS[tie_break] else m.get(tie_break, 0.0)
+        return (primary, secondary, name)
+
+    ranked = sorted(metrics.items(), key=key)
+    ranking = [(name, float(m[metric])) for name, m in ranked]
     name, value = ranking[0]
     return Choice(winner=name, metric=metric, value=value, ranking=ranking)

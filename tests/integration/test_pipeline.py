@@ -43,9 +43,12 @@ def test_winner_is_the_best_candidate_by_the_configured_metric(built_project: Pr
     evaluation = json.loads((built_project.root / "evaluation.json").read_text())
     winner = json.loads((built_project.root / "winner.json").read_text())
     metric = built_project.config["selection_metric"]
-    best = max(evaluation, key=lambda name: evaluation[name]["test"][metric])
+    top = max(r["test"][metric] for r in evaluation.values())
+    tied = [name for name, r in evaluation.items() if r["test"][metric] == top]
+    # ties on the selection metric go to the lowest log loss
+    best = min(tied, key=lambda name: (evaluation[name]["test"]["log_loss"], name))
     assert winner["winner"] == best
-    assert winner["value"] == pytest.approx(evaluation[best]["test"][metric])
+    assert winner["value"] == pytest.approx(top)
 
 
 def test_noop_rebuild_runs_no_task(built_project: Project):

@@ -49,8 +49,16 @@ def test_choose_winner_respects_metric_direction():
     assert training.choose_winner(metrics, "log_loss").winner == "a"
 
 
-def test_choose_winner_breaks_ties_by_name_and_refuses_unknown_metric():
-    metrics = {"z": {"accuracy": 0.9}, "a": {"accuracy": 0.9}}
-    assert training.choose_winner(metrics, "accuracy").winner == "a"
+def test_choose_winner_breaks_ties_by_log_loss_then_name_and_refuses_unknown_metric():
+    metrics = {
+        "a": {"accuracy": 1.0, "log_loss": 0.06},
+        "b": {"accuracy": 1.0, "log_loss": 0.01},
+        "c": {"accuracy": 0.9, "log_loss": 0.001},
+    }
+    choice = training.choose_winner(metrics, "accuracy")
+    assert choice.winner == "b"
+    assert [name for name, _ in choice.ranking] == ["b", "a", "c"]
+    same = {"z": {"accuracy": 0.9, "log_loss": 0.1}, "a": {"accuracy": 0.9, "log_loss": 0.1}}
+    assert training.choose_winner(same, "accuracy").winner == "a"
     with pytest.raises(ValueError, match="unknown selection metric"):
         training.choose_winner(metrics, "auc")
