@@ -2,6 +2,8 @@
 # Lint, then every test. pytest's exit code 5 (nothing collected) fails this script.
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+# the container tests build and run the image with rootful podman
+bash scripts/install-container-tools.sh
 uv run ruff check .
 uv run ruff format --check .
 uv run pytest "$@"

@@ -86,3 +86,20 @@ def built_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) 
     result = project.run("build")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
+
+
+@pytest.fixture(scope="session")
+def container_settings():
+    """The project's own podman state: the base image is cached there across runs."""
+    from nbship.container import ContainerSettings
+
+    return ContainerSettings.from_env(PROJECT, yaml.safe_load((PROJECT / "env.yaml").read_text())
+                                      .get("container"))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def container_image(built_project: Project, container_settings):
+    """The image of the sample project's bento, built once per session."""
+    from nbship.container import build_image
+
+    return build_image(built_project.bento, container_settings)

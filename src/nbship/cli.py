@@ -99,3 +99,101 @@ def lab(ctx: click.Context, project: Path) -> None:
     jupyter = Path(sys.executable).with_name("jupyter")
     os.chdir(project)
     os.execv(jupyter, [str(jupyter), "lab", f"--config={config}", *ctx.args])
+
+
+def _published_bento(project: Path) -> Path:
+    from .pipeline import read_env
+
+    env = read_env(project.resolve())
+    bento = project.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
+    if not (bento / "bento.yaml").exists():
+        raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
+    return bento
+
+
+def _container_settings(project: Path):  # -> ContainerSettings, imported lazily
+    from .container import ContainerSettings
+    from .pipeline import read_env
+
+    return ContainerSettings.from_env(
+        project.resolve(), read_env(project.resolve()).get("container")
+    )
+
+
+@main.group()
+def container() -> None:
+    """OCI image of the published bento (rootful podman, no Docker daemon)."""
+
+
+@container.command("build")
+@PROJECT_OPTION
+def container_build(project: Path) -> None:
+    """Build the image of the published bento; the base image is made once and cached."""
+    from .container import ContainerError, build_image
+
+    try:
+        result = build_image(_published_bento(project), _container_settings(project))
+    except ContainerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.image)
+
+
+@container.command("run")
+@PROJECT_OPTION
+@click.option("--port", default=3000, show_default=True, help="Port on 127.0.0.1.")
+def container_run(project: Path, port: int) -> None:
+    """Run the published bento's image detached on 127.0.0.1; prints the container id."""
+    from .container import ContainerError, image_name, run_container
+
+    image, _ = image_name(_published_bento(project))
+    try:
+        click.echo(run_container(image, port, _container_settings(project)))
+    except ContainerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@container.command("stop")
+@PROJECT_OPTION
+@click.argument("container_id")
+@click.option("--timeout", default=30, show_default=True, help="Seconds for in-flight requests.")
+def container_stop(project: Path, container_id: str, timeout: int) -> None:
+    """Stop a container (SIGTERM, then up to --timeout seconds) and remove it."""
+    from .container import ContainerError, stop_container
+
+    try:
+        stop_container(container_id, _container_settings(project), timeout=timeout)
+    except ContainerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@PROJECT_OPTION
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the manifests (default: <root>/k8s/<bento name>.yaml).",
+)
+def k8s(project: Path, output: Path | None) -> None:
+    """Kubernetes manifests (Deployment, Service, HPA) for the published bento's image,
+    validated against the Kubernetes schemas."""
+    from .container import image_name
+    from .k8s import DeploymentSettings, write
+    from .pipeline import read_env
+
+    env = read_env(project.resolve())
+    bento = _published_bento(project)
+    image, config = image_name(bento)
+    settings = DeploymentSettings(
+        name=config["bento_name"], image=image, model_tag=config["model_tag"],
+        git_commit=config["metadata"].get("git_commit"), **(env.get("kubernetes") or {}),
+    )  # fmt: skip
+    out = (
+        output
+        or project.resolve()
+        / str(env.get("root", "build"))
+        / "k8s"
+        / f"{config['bento_name']}.yaml"
+    )
+    click.echo(str(write(settings, out)))

@@ -9,6 +9,7 @@ imports it. This is the only module that touches Great Expectations.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,11 +192,16 @@ def _raised(exception_info: dict[str, Any]) -> str | None:
     return None
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _detail(result: dict[str, Any], exception_info: dict[str, Any]) -> str:
     if raised := _raised(exception_info):
         return raised
     if "unexpected_count" in result:
-        sample = result.get("partial_unexpected_list") or []
+        # a not-null failure's samples are all NaN/None: "e.g. ['nan']" tells nobody anything
+        sample = [v for v in result.get("partial_unexpected_list") or [] if not _missing(v)]
         text = f"{result['unexpected_count']} unexpected value(s)"
         if result.get("unexpected_percent") is not None:
             text += f" ({result['unexpected_percent']:.1f}%)"

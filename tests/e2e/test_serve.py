@@ -1,4 +1,5 @@
-"""A real `bentoml serve` of the built bento on 127.0.0.1, called over HTTP."""
+"""The built bento served for real on 127.0.0.1 and called over HTTP: by `bentoml serve`,
+and by its OCI image in podman (marker `container`), with the same requests and answers."""
 
 from __future__ import annotations
 
@@ -30,8 +31,18 @@ RECORD = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(built_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(
+    scope="module", params=["bentoml", pytest.param("container", marks=pytest.mark.container)]
+)
+def server(
+    request: pytest.FixtureRequest, built_project: Project, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "container":
+        yield from _container_server(
+            request.getfixturevalue("container_image").image,
+            request.getfixturevalue("container_settings"),
+        )
+        return
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "bentoml.log"
     cmd = [BENTOML, "serve", str(built_project.bento), "--host", "127.0.0.1", "--port", str(port)]
@@ -42,6 +53,20 @@ def server(built_project: Project, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         stop(proc)
         assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
+
+
+def _container_server(image: str, settings) -> Iterator[str]:
+    from nbship.container import logs, run_container, stop_container
+
+    port = free_port()
+    container_id = run_container(image, port, settings)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        output = logs(container_id, settings)
+        stop_container(container_id, settings)
+        assert "Traceback" not in output, output[-4000:]
 
 
 def post(url: str, body: object) -> httpx.Response:

@@ -1,0 +1,283 @@
+"""OCI images of a published bento, without a Docker daemon: rootful podman with runc.
+
+The base image is made here: `debootstrap` a minimal Debian bookworm (its python3 is
+3.11, the same as the bento's) and `podman import` it; it is cached in podman's store,
+so only the first build pays for it. The image itself is a short Containerfile of our
+own rather than BentoML's default one, whose apt line (build-essential, git) is most of
+its 1.26 GB: every dependency here is a wheel, installed into a venv from the bento's
+exact pins, and the server runs as a non-root user.
+
+Podman's storage and config live in the project (`.containers/`), not in the host's
+global ones, with the settings these machines need (runc, cgroupfs, ulimits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEFAULT_BASE = "localhost/nbship-base:bookworm-py311"
+HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
+CONTAINER_PORT = 3000
+APP_UID = 10001
+REQUIRED_TOOLS = ("podman", "runc", "debootstrap")
+
+
+class ContainerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    """The `container:` section of env.yaml."""
+
+    state_dir: Path
+    base_image: str = DEFAULT_BASE
+    suite: str = "bookworm"
+    mirror: str | None = None  # default: the host's Debian mirror
+    # "host" trusts the host's locally added CAs (/usr/local/share/ca-certificates),
+    # which is where an intercepting proxy's or a corporate CA usually sits; or a list
+    # of PEM files; or [] for none.
+    extra_ca_certs: str | Sequence[str] = "host"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, project_dir: Path, section: dict | None) -> ContainerSettings:
+        section = dict(section or {})
+        state = project_dir / section.pop("state_dir", ".containers")
+        return cls(state_dir=state, **section)
+
+    def ca_files(self) -> list[Path]:
+        if self.extra_ca_certs == "host":
+            return sorted(HOST_EXTRA_CAS.rglob("*.crt")) if HOST_EXTRA_CAS.is_dir() else []
+        files = [Path(p) for p in self.extra_ca_certs]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise ContainerError(f"extra_ca_certs: no such file(s): {', '.join(missing)}")
+        return files
+
+
+def podman_env(settings: ContainerSettings) -> dict[str, str]:
+    """Environment that points podman at the project's own config and storage."""
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    conf = state / "containers.conf"
+    conf.write_text(
+        "[containers]\n"
+        # the sandbox caps rlimits below podman's defaults; ask for what it allows
+        'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+        "[engine]\n"
+        # Debian's crun 1.8 refuses this machine's hybrid cgroup layout
+        'runtime = "runc"\n'
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+    )
+    storage = state / "storage.conf"
+    storage.write_text(
+        "[storage]\n"
+        'driver = "overlay"\n'
+        f'graphroot = "{state / "storage"}"\n'
+        f'runroot = "{state / "run"}"\n'
+    )
+    return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+
+
+def check_tools() -> None:
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise ContainerError(
+            f"missing {', '.join(missing)}: run `bash scripts/install-container-tools.sh` "
+            "(Debian packages podman, runc, debootstrap; needs root)"
+        )
+
+
+def _run(cmd: Sequence[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(cmd), env=env, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise ContainerError(
+            f"{' '.join(cmd[:3])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def host_mirror() -> str:
+    """The Debian mirror apt uses on this host (deb822 or one-line sources)."""
+    candidates = [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if m := re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE):
+            return m.group(1)
+        if m := re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.MULTILINE):
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def image_exists(image: str, env: dict[str, str]) -> bool:
+    return subprocess.run(["podman", "image", "exists", image], env=env).returncode == 0
+
+
+def ensure_base_image(settings: ContainerSettings, env: dict[str, str]) -> bool:
+    """Makes the base image unless podman's store has it; True when it was made now."""
+    if image_exists(settings.base_image, env):
+        return False
+    with tempfile.TemporaryDirectory(prefix="nbship-rootfs-", dir=settings.state_dir) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+             settings.suite, str(rootfs), settings.mirror or host_mirror()],
+            env,
+        )  # fmt: skip
+        _trust_cas(rootfs, settings.ca_files(), env)
+        # what a runtime image does not need: docs, man pages, translations, apt lists
+        for folder in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+                       "var/lib/apt/lists", "var/cache/apt"):  # fmt: skip
+            shutil.rmtree(rootfs / folder, ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            _run(["podman", "import", "-", settings.base_image], env, stdin=tar.stdout)
+        finally:
+            tar.wait()
+    return True
+
+
+def _trust_cas(rootfs: Path, cas: Sequence[Path], env: dict[str, str]) -> None:
+    if not cas:
+        return
+    target = rootfs / "usr/local/share/ca-certificates/nbship"
+    target.mkdir(parents=True, exist_ok=True)
+    for ca in cas:
+        shutil.copy2(ca, target / (ca.stem + ".crt"))
+    _run(["chroot", str(rootfs), "update-ca-certificates"], {**env, "TMPDIR": "/tmp"})
+
+
+CONTAINERFILE = """\
+FROM {base}
+# Every dependency is a wheel (--only-binary): no compiler in the image. Packages' own
+# test suites are dropped.
+COPY bento/env/python/requirements.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \\
+ && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --no-cache-dir \\
+    --disable-pip-version-check --only-binary=:all: -r /tmp/requirements.txt \\
+ && /opt/venv/bin/pip uninstall -y -q pip \\
+ && find /opt/venv -type d -name tests -prune -exec rm -rf {{}} + \\
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {{}} + \\
+ && rm /tmp/requirements.txt \\
+ && useradd --uid {uid} --create-home --shell /usr/sbin/nologin bento
+COPY --chown={uid}:{uid} bento /home/bento/bento
+ENV PATH=/opt/venv/bin:$PATH \\
+    BENTOML_HOME=/home/bento/bentoml \\
+    BENTOML_DO_NOT_TRACK=true \\
+    PYTHONUNBUFFERED=1
+# A server that compiles its imports at every start is slow to become ready; compiling
+# the whole venv costs ~80 MB. So start the server once here: exactly what it imports
+# gets compiled.
+COPY warmup.py /tmp/warmup.py
+RUN python3 /tmp/warmup.py && rm -rf /tmp/warmup.py /tmp/warmup-home
+ENV PYTHONDONTWRITEBYTECODE=1
+USER {uid}
+WORKDIR /home/bento
+EXPOSE {port}
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["bentoml", "serve", "/home/bento/bento", "--host", "0.0.0.0", "--port", "{port}"]
+"""
+
+WARMUP = """\
+# Build-time warm-up: start the server once so that the bytecode of everything it
+# imports (the model's modules included: they load at start) is written, then stop it.
+import os, signal, subprocess, sys, time, urllib.request
+
+env = {**os.environ, "BENTOML_HOME": "/tmp/warmup-home"}
+cmd = ["bentoml", "serve", "/home/bento/bento", "--host", "127.0.0.1", "--port", "3999"]
+proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:3999/readyz", timeout=1).status == 200:
+            break
+    except OSError:
+        time.sleep(0.2)
+else:
+    os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit("warm-up: the server did not become ready in 120 s")
+os.killpg(proc.pid, signal.SIGTERM)
+proc.wait(timeout=60)
+"""
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    image: str
+    base_made: bool
+    labels: dict[str, str]
+
+
+def image_name(bento_dir: Path) -> tuple[str, dict]:
+    config = json.loads((bento_dir / "src" / "serving.json").read_text())
+    version = bento_dir.resolve().name.rsplit("-", 1)[-1]
+    return f"localhost/{config['bento_name']}:{version}", config
+
+
+def build_image(bento_dir: str | Path, settings: ContainerSettings) -> ImageBuild:
+    """Builds the image of a published bento folder; reuses the cached base image."""
+    check_tools()
+    bento_dir = Path(bento_dir).resolve()
+    if not (bento_dir / "bento.yaml").is_file():
+        raise ContainerError(f"no bento at {bento_dir}: run `nbship build` first")
+    env = podman_env(settings)
+    base_made = ensure_base_image(settings, env)
+    image, config = image_name(bento_dir)
+    meta = config["metadata"]
+    labels = {
+        "org.opencontainers.image.title": config["bento_name"],
+        "org.opencontainers.image.version": image.rsplit(":", 1)[-1],
+        "org.opencontainers.image.revision": meta.get("git_commit", "unknown"),
+        "ai.nbship.model-tag": config["model_tag"],
+        "ai.nbship.data-fingerprint": meta["data_fingerprint"],
+        **settings.labels,
+    }
+    with tempfile.TemporaryDirectory(prefix="nbship-image-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(bento_dir, context / "bento")
+        (context / "warmup.py").write_text(WARMUP)
+        (context / "Containerfile").write_text(
+            CONTAINERFILE.format(base=settings.base_image, uid=APP_UID, port=CONTAINER_PORT)
+        )
+        cmd = ["podman", "build", "--network=host", "-f", str(context / "Containerfile")]
+        for key, value in labels.items():
+            cmd += ["--label", f"{key}={value}"]
+        _run([*cmd, "-t", image, str(context)], env)
+    return ImageBuild(image=image, base_made=base_made, labels=labels)
+
+
+def run_container(image: str, port: int, settings: ContainerSettings) -> str:
+    """Starts the image detached, published on 127.0.0.1 only; returns the container id."""
+    env = podman_env(settings)
+    result = _run(["podman", "run", "-d", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}", image], env)
+    return result.stdout.strip()
+
+
+def stop_container(container_id: str, settings: ContainerSettings, timeout: int = 30) -> None:
+    """SIGTERM, up to `timeout` s for in-flight requests, then remove it by id."""
+    env = podman_env(settings)
+    _run(["podman", "stop", "-t", str(timeout), container_id], env)
+    _run(["podman", "rm", "-f", container_id], env)
+
+
+def inspect(image_or_id: str, settings: ContainerSettings) -> dict:
+    env = podman_env(settings)
+    return json.loads(_run(["podman", "inspect", image_or_id], env).stdout)[0]
+
+
+def logs(container_id: str, settings: ContainerSettings) -> str:
+    result = _run(["podman", "logs", container_id], podman_env(settings))
+    return result.stdout + result.stderr

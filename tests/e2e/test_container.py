@@ -1,0 +1,59 @@
+"""What only the image adds: non-root user, labels, health and metrics, a clean stop.
+The request/answer tests run against the container too (tests/e2e/test_serve.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+
+from nbship.container import inspect, podman_env, run_container, stop_container
+from tests.conftest import Project
+from tests.support import free_port, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.container]
+
+
+def test_image_labels_name_model_and_commit(built_project: Project, container_image,
+                                            container_settings):  # fmt: skip
+    labels = inspect(container_image.image, container_settings)["Config"]["Labels"]
+    summary = json.loads((built_project.root / "package.json").read_text())
+    assert labels["ai.nbship.model-tag"] == summary["model_tag"]
+    assert labels["org.opencontainers.image.revision"]
+    assert container_image.image.endswith(summary["bento_tag"].split(":")[1])
+
+
+def test_runtime_image_has_no_compiler_or_git(container_image, container_settings):
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--entrypoint", "sh", container_image.image, "-c",
+         "command -v gcc cc git || true; id -u"],
+        env=podman_env(container_settings), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.split() == ["10001"]
+
+
+def test_runs_as_non_root_serves_health_and_metrics_and_stops_cleanly(
+    container_image, container_settings
+):
+    port = free_port()
+    container_id = run_container(container_image.image, port, container_settings)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/readyz", timeout=90)
+        assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+        httpx.post(f"{url}/predict", json=[], timeout=10)
+        metrics = httpx.get(f"{url}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+        assert inspect(container_id, container_settings)["Config"]["User"] == "10001"
+        ports = inspect(container_id, container_settings)["HostConfig"]["PortBindings"]
+        assert {b["HostIp"] for bindings in ports.values() for b in bindings} == {"127.0.0.1"}
+    finally:
+        env = podman_env(container_settings)
+        subprocess.run(["podman", "stop", "-t", "30", container_id], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        state = inspect(container_id, container_settings)["State"]
+        stop_container(container_id, container_settings)
+    # SIGTERM handled: exited by itself (0), not killed after the timeout (137)
+    assert state["ExitCode"] == 0, state
