@@ -57,3 +57,15 @@ def test_runs_as_non_root_serves_health_and_metrics_and_stops_cleanly(
         stop_container(container_id, container_settings)
     # SIGTERM handled: exited by itself (0), not killed after the timeout (137)
     assert state["ExitCode"] == 0, state
+
+
+def test_extra_ca_certificates_are_trusted_in_the_image(container_image, container_settings):
+    cas = container_settings.ca_files()
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--entrypoint", "ls", container_image.image,
+         "/usr/local/share/ca-certificates/nbship"],
+        env=podman_env(container_settings), capture_output=True, text=True,
+    )  # fmt: skip
+    assert sorted(result.stdout.split()) == sorted(f"{ca.stem}.crt" for ca in cas)
+    # and the build could use them: pip installed from the index through this machine's
+    # intercepting proxy, which only those CAs make trustworthy
