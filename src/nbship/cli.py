@@ -128,9 +128,17 @@ def container() -> None:
 @container.command("build")
 @PROJECT_OPTION
 def container_build(project: Path) -> None:
-    """Build the image of the published bento; the base image is made once and cached."""
-    from .container import ContainerError, build_image
+    """Build the image of the published bento; the base image is made once and cached.
+    Installs podman, runc and debootstrap (Debian packages) first when they are missing."""
+    import subprocess
 
+    from .container import ContainerError, build_image, check_tools
+
+    try:
+        check_tools()
+    except ContainerError:
+        subprocess.run(["bash", str(project.resolve() / "scripts/install-container-tools.sh")],
+                       check=True)  # fmt: skip
     try:
         result = build_image(_published_bento(project), _container_settings(project))
     except ContainerError as exc:

@@ -58,7 +58,10 @@ class ContainerSettings:
     def ca_files(self) -> list[Path]:
         if self.extra_ca_certs == "host":
             return sorted(HOST_EXTRA_CAS.rglob("*.crt")) if HOST_EXTRA_CAS.is_dir() else []
-        files = [Path(p) for p in self.extra_ca_certs]
+        paths = (
+            [self.extra_ca_certs] if isinstance(self.extra_ca_certs, str) else self.extra_ca_certs
+        )
+        files = [Path(p) for p in paths]
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
             raise ContainerError(f"extra_ca_certs: no such file(s): {', '.join(missing)}")
@@ -84,8 +87,9 @@ def podman_env(settings: ContainerSettings) -> dict[str, str]:
     storage.write_text(
         "[storage]\n"
         'driver = "overlay"\n'
-        f'graphroot = "{state / "storage"}"\n'
-        f'runroot = "{state / "run"}"\n'
+        # json.dumps quotes and escapes as a TOML basic string needs
+        f"graphroot = {json.dumps(str(state / 'storage'))}\n"
+        f"runroot = {json.dumps(str(state / 'run'))}\n"
     )
     return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
@@ -108,16 +112,23 @@ def _run(cmd: Sequence[str], env: dict[str, str], **kwargs) -> subprocess.Comple
     return result
 
 
-def host_mirror() -> str:
-    """The Debian mirror apt uses on this host (deb822 or one-line sources)."""
-    candidates = [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]
-    for path in candidates:
-        if not path.is_file():
-            continue
+APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
+
+
+def host_mirror(sources: Sequence[Path] = APT_SOURCES) -> str:
+    """The Debian mirror apt uses on this host, from deb822 `.sources` or one-line
+    `.list` files (folders are read in name order)."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(p for p in source.iterdir() if p.suffix in (".sources", ".list"))
+        elif source.is_file():
+            files.append(source)
+    for path in files:
         text = path.read_text()
-        if m := re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE):
+        if m := re.search(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.MULTILINE):
             return m.group(1)
-        if m := re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.MULTILINE):
+        if m := re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s", text, re.MULTILINE):
             return m.group(1)
     return "http://deb.debian.org/debian"
 
@@ -155,8 +166,9 @@ def _trust_cas(rootfs: Path, cas: Sequence[Path], env: dict[str, str]) -> None:
         return
     target = rootfs / "usr/local/share/ca-certificates/nbship"
     target.mkdir(parents=True, exist_ok=True)
-    for ca in cas:
-        shutil.copy2(ca, target / (ca.stem + ".crt"))
+    for i, ca in enumerate(cas):
+        # numbered: two folders may each hold a root.crt
+        shutil.copy2(ca, target / f"{i:02d}-{ca.stem}.crt")
     _run(["chroot", str(rootfs), "update-ca-certificates"], {**env, "TMPDIR": "/tmp"})
 
 

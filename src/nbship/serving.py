@@ -94,7 +94,12 @@ def _without_wrapper_locs(exc: ValidationError) -> ValidationError:
     """Drop the `root` / union-tag parts of each error location so it reads `[0, "island"]`."""
     details: list[InitErrorDetails] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if p not in ("root", "record", "records"))
+        loc = tuple(err["loc"])
+        # BentoML's root model adds "root", the discriminated union adds its tag
+        if loc[:1] == ("root",):
+            loc = loc[1:]
+        if loc[:1] in (("record",), ("records",)):
+            loc = loc[1:]
         detail = InitErrorDetails(type=err["type"], loc=loc or ("body",), input=err.get("input"))
         if "ctx" in err:
             detail["ctx"] = err["ctx"]
@@ -125,6 +130,7 @@ CONTRACT = Contract.from_suite(load_suite(ROOT / CONFIG["suite"]), CONFIG["colum
 Record = record_model(CONTRACT, name="Record")
 PredictRequest = request_spec(Record, CONFIG["max_batch"])
 INFO = {key: CONFIG[key] for key in ("model_tag", "bento_name", "metadata")}
+NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
 
 
 async def info(_: Request) -> JSONResponse:
@@ -168,5 +174,14 @@ class ModelService:
         )
 
     def frame(self, records: list[Any]) -> pd.DataFrame:
-        """Columnar construction: one list per column, not one dict per row."""
-        return pd.DataFrame({c: [getattr(r, c) for r in records] for c in self.columns})
+        """Columnar construction: one list per column, not one dict per row. Number
+        columns are float64 even when every value is null (NaN, as in training), not
+        the object column pandas would infer from Nones."""
+        return pd.DataFrame(
+            {
+                c: np.array([getattr(r, c) for r in records], dtype=float)
+                if c in NUMERIC
+                else [getattr(r, c) for r in records]
+                for c in self.columns
+            }
+        )

@@ -66,6 +66,6 @@ def test_extra_ca_certificates_are_trusted_in_the_image(container_image, contain
          "/usr/local/share/ca-certificates/nbship"],
         env=podman_env(container_settings), capture_output=True, text=True,
     )  # fmt: skip
-    assert sorted(result.stdout.split()) == sorted(f"{ca.stem}.crt" for ca in cas)
+    assert sorted(result.stdout.split()) == [f"{i:02d}-{ca.stem}.crt" for i, ca in enumerate(cas)]
     # and the build could use them: pip installed from the index through this machine's
     # intercepting proxy, which only those CAs make trustworthy

@@ -94,6 +94,13 @@ def test_batch_with_nulls(server: str):
     assert len(response.json()["predictions"]) == 2
 
 
+def test_single_record_with_every_nullable_field_null(server: str):
+    nulls = {k: None for k in RECORD if k != "island"}
+    response = post(server, {"island": "Dream", **nulls})
+    assert response.status_code == 200, response.text
+    assert sum(response.json()["predictions"][0]["probabilities"].values()) == pytest.approx(1)
+
+
 def _errors(response: httpx.Response) -> list[dict]:
     assert "Traceback" not in response.text
     return response.json()["detail"]
