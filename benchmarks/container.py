@@ -22,6 +22,7 @@ import yaml
 from benchmarks.serve import load, records
 from nbship.container import (
     ContainerSettings,
+    base_image_ref,
     build_image,
     image_name,
     inspect,
@@ -64,14 +65,14 @@ def main() -> None:
 
     cold = None
     if not args.keep_base:
-        subprocess.run(["podman", "rmi", "-f", image, settings.base_image], env=env,
+        subprocess.run(["podman", "rmi", "-f", image, base_image_ref(settings)], env=env,
                        capture_output=True)  # fmt: skip
         cold = timed_build(args.bento, settings)
     subprocess.run(["podman", "rmi", "-f", image], env=env, capture_output=True)
     subprocess.run(["podman", "image", "prune", "-f"], env=env, capture_output=True)
     warm = timed_build(args.bento, settings)
     size_mb = inspect(image, settings)["Size"] / 1e6
-    base_mb = inspect(settings.base_image, settings)["Size"] / 1e6
+    base_mb = inspect(base_image_ref(settings), settings)["Size"] / 1e6
     ready = [ready_time(image, settings) for _ in range(3)]
 
     rows = records(config["columns"], args.requests)

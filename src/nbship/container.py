@@ -13,6 +13,7 @@ global ones, with the settings these machines need (runc, cgroupfs, ulimits).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -133,14 +134,30 @@ def host_mirror(sources: Sequence[Path] = APT_SOURCES) -> str:
     return "http://deb.debian.org/debian"
 
 
+# What the base image is made of, beyond the settings: change it to force a rebuild.
+BASE_RECIPE = ("minbase", *BASE_PACKAGES, "no-docs-man-locale-apt-lists", "cas-numbered")
+
+
+def base_image_ref(settings: ContainerSettings) -> str:
+    """The base image's name with a tag suffix that hashes its recipe (suite, mirror,
+    packages, the extra CAs' contents): changing any of them, e.g. adding a corporate
+    CA, makes a new base image instead of reusing one that does not trust it."""
+    digest = hashlib.sha256("\0".join([settings.suite, settings.mirror or host_mirror(),
+                                        *BASE_RECIPE]).encode())  # fmt: skip
+    for ca in settings.ca_files():
+        digest.update(ca.read_bytes())
+    return f"{settings.base_image}-{digest.hexdigest()[:12]}"
+
+
 def image_exists(image: str, env: dict[str, str]) -> bool:
     return subprocess.run(["podman", "image", "exists", image], env=env).returncode == 0
 
 
-def ensure_base_image(settings: ContainerSettings, env: dict[str, str]) -> bool:
-    """Makes the base image unless podman's store has it; True when it was made now."""
-    if image_exists(settings.base_image, env):
-        return False
+def ensure_base_image(settings: ContainerSettings, env: dict[str, str]) -> str:
+    """Makes the base image unless podman's store has it; returns its reference."""
+    ref = base_image_ref(settings)
+    if image_exists(ref, env):
+        return ref
     with tempfile.TemporaryDirectory(prefix="nbship-rootfs-", dir=settings.state_dir) as tmp:
         rootfs = Path(tmp) / "rootfs"
         _run(
@@ -155,10 +172,10 @@ def ensure_base_image(settings: ContainerSettings, env: dict[str, str]) -> bool:
             shutil.rmtree(rootfs / folder, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         try:
-            _run(["podman", "import", "-", settings.base_image], env, stdin=tar.stdout)
+            _run(["podman", "import", "-", ref], env, stdin=tar.stdout)
         finally:
             tar.wait()
-    return True
+    return ref
 
 
 def _trust_cas(rootfs: Path, cas: Sequence[Path], env: dict[str, str]) -> None:
@@ -229,7 +246,7 @@ proc.wait(timeout=60)
 @dataclass(frozen=True)
 class ImageBuild:
     image: str
-    base_made: bool
+    base: str
     labels: dict[str, str]
 
 
@@ -246,7 +263,7 @@ def build_image(bento_dir: str | Path, settings: ContainerSettings) -> ImageBuil
     if not (bento_dir / "bento.yaml").is_file():
         raise ContainerError(f"no bento at {bento_dir}: run `nbship build` first")
     env = podman_env(settings)
-    base_made = ensure_base_image(settings, env)
+    base = ensure_base_image(settings, env)
     image, config = image_name(bento_dir)
     meta = config["metadata"]
     labels = {
@@ -262,13 +279,13 @@ def build_image(bento_dir: str | Path, settings: ContainerSettings) -> ImageBuil
         shutil.copytree(bento_dir, context / "bento")
         (context / "warmup.py").write_text(WARMUP)
         (context / "Containerfile").write_text(
-            CONTAINERFILE.format(base=settings.base_image, uid=APP_UID, port=CONTAINER_PORT)
+            CONTAINERFILE.format(base=base, uid=APP_UID, port=CONTAINER_PORT)
         )
         cmd = ["podman", "build", "--network=host", "-f", str(context / "Containerfile")]
         for key, value in labels.items():
             cmd += ["--label", f"{key}={value}"]
         _run([*cmd, "-t", image, str(context)], env)
-    return ImageBuild(image=image, base_made=base_made, labels=labels)
+    return ImageBuild(image=image, base=base, labels=labels)
 
 
 def run_container(image: str, port: int, settings: ContainerSettings) -> str:

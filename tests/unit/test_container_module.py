@@ -301,3 +301,18 @@ def test_build_image_without_bento(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert str(empty.resolve()) in str(info.value)
     assert "nbship build" in str(info.value)
     assert not state.exists()  # nothing was written before the check
+
+
+def test_base_image_ref_changes_with_the_extra_cas(tmp_path: Path) -> None:
+    ca = tmp_path / "corp.crt"
+    ca.write_text("one")
+    settings = ContainerSettings(
+        state_dir=tmp_path, extra_ca_certs=[str(ca)], mirror="http://m/debian"
+    )
+    first = container.base_image_ref(settings)
+    assert first.startswith(f"{settings.base_image}-")
+    assert container.base_image_ref(settings) == first
+    ca.write_text("two")
+    assert container.base_image_ref(settings) != first
+    no_cas = ContainerSettings(state_dir=tmp_path, extra_ca_certs=[], mirror="http://m/debian")
+    assert container.base_image_ref(no_cas) != first
