@@ -99,7 +99,13 @@ def container_settings():
 
 @pytest.fixture(scope="session")
 def container_image(built_project: Project, container_settings):
-    """The image of the sample project's bento, built once per session."""
-    from nbship.container import build_image
+    """The image of the sample project's bento, built once per session, removed after
+    (the cached base image stays)."""
+    import subprocess
 
-    return build_image(built_project.bento, container_settings)
+    from nbship.container import build_image, podman_env
+
+    image = build_image(built_project.bento, container_settings)
+    yield image
+    subprocess.run(["podman", "rmi", "-f", image.image], env=podman_env(container_settings),
+                   capture_output=True)  # fmt: skip

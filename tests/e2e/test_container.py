@@ -69,3 +69,51 @@ def test_extra_ca_certificates_are_trusted_in_the_image(container_image, contain
     assert sorted(result.stdout.split()) == [f"{i:02d}-{ca.stem}.crt" for i, ca in enumerate(cas)]
     # and the build could use them: pip installed from the index through this machine's
     # intercepting proxy, which only those CAs make trustworthy
+
+
+def test_sigterm_lets_in_flight_requests_finish(container_image, container_settings):
+    """Bounded load (4 clients, 1000-record batches, 4 s, a new connection each); SIGTERM
+    after 1.5 s: every request that started before it gets its 200."""
+    import threading
+    import time
+
+    record = {"island": "Biscoe", "bill_length_mm": 45.2, "bill_depth_mm": 15.1,
+              "flipper_length_mm": 215, "body_mass_g": 5200, "sex": "male"}  # fmt: skip
+    port = free_port()
+    container_id = run_container(container_image.image, port, container_settings)
+    url = f"http://127.0.0.1:{port}"
+    results: list[tuple[float, float, object]] = []
+    try:
+        wait_http(f"{url}/readyz", timeout=90)
+        deadline = time.monotonic() + 4
+
+        def client() -> None:
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    outcome: object = httpx.post(
+                        f"{url}/predict", json=[record] * 1000, timeout=30,
+                        headers={"connection": "close"},
+                    ).status_code  # fmt: skip
+                except httpx.HTTPError as exc:  # refused or reset once it stopped accepting
+                    outcome = type(exc).__name__
+                results.append((started, time.monotonic(), outcome))
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        time.sleep(1.5)
+        sigterm = time.monotonic()
+        env = podman_env(container_settings)
+        subprocess.run(["podman", "stop", "-t", "30", container_id], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        for thread in clients:
+            thread.join()
+        state = inspect(container_id, container_settings)["State"]
+    finally:
+        stop_container(container_id, container_settings)
+    before = [outcome for started, _, outcome in results if started < sigterm]
+    in_flight = [o for started, ended, o in results if started < sigterm <= ended]
+    assert before and set(before) == {200}, before
+    assert in_flight, "no request was in flight at SIGTERM: the test proved nothing"
+    assert state["ExitCode"] == 0, state
