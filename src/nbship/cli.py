@@ -18,6 +18,13 @@ PROJECT_OPTION = click.option(
 )
 
 
+def output_option(default_help: str):  # a click decorator
+    return click.option(
+        "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help=f"Where to write it (default: {default_help}).",
+    )  # fmt: skip
+
+
 @click.group()
 def main() -> None:
     """nbship: notebooks to a served, operated model."""
@@ -56,13 +63,7 @@ def status(project: Path) -> None:
 
 @main.command()
 @PROJECT_OPTION
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the SVG (default: <root>/pipeline.svg).",
-)
+@output_option("<root>/pipeline.svg")
 def plot(project: Path, output: Path | None) -> None:
     """Draw the pipeline as an SVG (offline; replaces `ploomber plot`)."""
     from .pipeline import plot as dag_plot
@@ -76,12 +77,7 @@ def plot(project: Path, output: Path | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 def serve(project: Path, port: int, host: str) -> None:
     """Serve the published bento with `bentoml serve` (replaces this process)."""
-    from .pipeline import read_env
-
-    env = read_env(project.resolve())
-    bento = project.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
-    if not bento.exists():
-        raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
+    bento = _published_bento(project)
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(bentoml, [str(bentoml), "serve", str(bento), "--host", host, "--port", str(port)])
 
@@ -176,13 +172,7 @@ def container_stop(project: Path, container_id: str, timeout: int) -> None:
 
 @main.command()
 @PROJECT_OPTION
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the manifests (default: <root>/k8s/<bento name>.yaml).",
-)
+@output_option("<root>/k8s/<bento name>.yaml")
 def k8s(project: Path, output: Path | None) -> None:
     """Kubernetes manifests (Deployment, Service, HPA) for the published bento's image,
     validated against the Kubernetes schemas."""

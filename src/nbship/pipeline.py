@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,9 @@ def load_dag(project_dir: Path) -> Any:
     """The Ploomber DAG of `pipeline.yaml` with `env.yaml` beside it."""
     from ploomber.spec import DAGSpec
 
-    with _in(project_dir):
+    with _in(project_dir), warnings.catch_warnings():
+        # env.yaml also holds nbship's own settings (container, kubernetes) that no task uses
+        warnings.filterwarnings("ignore", message=".*declared in the environment but unused")
         return DAGSpec(str(project_dir / PIPELINE_FILE)).to_dag()
 
 
