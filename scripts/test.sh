@@ -4,6 +4,8 @@ cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 # the container tests build and run the image with rootful podman
 bash scripts/install-container-tools.sh
+# the registry tests run against a real PostgreSQL server as well as SQLite
+bash scripts/install-postgresql.sh
 uv run ruff check .
 uv run ruff format --check .
 uv run pytest "$@"

@@ -109,3 +109,12 @@ def container_image(built_project: Project, container_settings):
     yield image
     subprocess.run(["podman", "rmi", "-f", image.image], env=podman_env(container_settings),
                    capture_output=True)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 for the session, stopped afterwards."""
+    from tests.support import postgres_server
+
+    with postgres_server() as url:
+        yield url

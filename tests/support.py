@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,3 +65,38 @@ def start(
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's server binaries); yields a
+    SQLAlchemy URL. PostgreSQL refuses to run as root, so as root it runs as `postgres`,
+    in a folder of its own (pytest's temp folders are private to root)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not bins:
+        raise RuntimeError("PostgreSQL is not installed: bash scripts/install-postgresql.sh")
+    bin_dir = bins[-1]
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="nbship-pg-"))
+    data = folder / "data"
+    if as_user:
+        shutil.chown(folder, "postgres")
+    port = free_port()
+
+    def pg(*args: str) -> None:
+        result = subprocess.run([*as_user, *args], capture_output=True, text=True, cwd="/")
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}")
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "nbship", "--no-sync")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+           "-o", f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")  # fmt: skip
+        try:
+            pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nbship",
+               "nbship")  # fmt: skip
+            yield f"postgresql+psycopg://nbship@127.0.0.1:{port}/nbship"
+        finally:
+            pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
