@@ -14,6 +14,8 @@ bento_name = "penguins_classifier"
 bentos_dir = "bentos"
 max_batch = 1000
 reports_dir = "build/reports"
+registry_url = "sqlite:///registry.db"
+gates = {}
 
 # %%
 from nbship import package
@@ -35,6 +37,9 @@ result = package.package_winner(
     project_dir=project_dir,
     reports_dir=reports_dir,
     publish_to=f"{bentos_dir}/{bento_name}",
+    registry_url=registry_url,
+    golden_path=upstream["split"]["golden"],
+    gates=gates,
 )
 write_json(result, product["summary"])
 write_json(result, product["manifest"])

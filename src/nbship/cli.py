@@ -195,3 +195,12 @@ def k8s(project: Path, output: Path | None) -> None:
         / f"{config['bento_name']}.yaml"
     )
     click.echo(str(write(settings, out)))
+
+
+def _register_groups() -> None:
+    from .models_cli import models
+
+    main.add_command(models)
+
+
+_register_groups()

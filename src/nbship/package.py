@@ -234,8 +234,18 @@ def package_winner(
     project_dir: str | Path,
     reports_dir: str | Path,
     publish_to: str | Path,
+    registry_url: str,
+    golden_path: str | Path,
+    gates: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Store, build and publish the chosen model; returns what was done (tags, paths)."""
+    """Store and build the chosen model, register it, gate it against the champion, and
+    publish its bento only when it becomes champion; returns what was done."""
+    import pandas as pd
+
+    from .promotion import register_and_gate
+    from .registry import Registry
+    from .registry import registry_url as resolve_registry_url
+
     model = read_model(model_path)
     columns = [*features["numeric"], *features["categorical"]]
     metadata = {
@@ -280,5 +290,21 @@ def package_winner(
             labels={**labels, "model_tag": model_tag.replace(":", "-")},
         )
         bento_tag = build_bento(staging)
-    version_dir = publish(bento_tag, publish_to)
-    return {"model_tag": model_tag, "bento_tag": bento_tag, "bento_dir": str(version_dir)}
+    url = resolve_registry_url(Path(project_dir).resolve(), {"registry": {"url": registry_url}})
+    with Registry(url) as registry:
+        verdict = register_and_gate(
+            registry=registry, tag=model_tag, bento_tag=bento_tag, metadata=metadata,
+            model=model, golden=pd.read_parquet(golden_path), columns=columns,
+            gate_config={**(gates or {}), "metric": choice["metric"]},
+        )  # fmt: skip
+    if verdict.promoted:
+        publish(bento_tag, publish_to)
+    return {
+        "model_tag": model_tag,
+        "bento_tag": bento_tag,
+        "promoted": verdict.promoted,
+        "previous_champion": verdict.previous_champion,
+        "gates": {g["gate"]: g["passed"] for g in verdict.gates},
+        # what `bentoml serve bentos/<name>` serves now: this bento only if promoted
+        "published_bento_dir": str(Path(publish_to).resolve()),
+    }

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -24,6 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 ESTIMATORS: dict[str, Callable[..., ClassifierMixin]] = {
+    # predicts the class priors: the floor any real candidate must beat
+    "baseline": DummyClassifier,
     "logreg": LogisticRegression,
     "forest": RandomForestClassifier,
     "knn": KNeighborsClassifier,

@@ -73,7 +73,8 @@ def test_extra_ca_certificates_are_trusted_in_the_image(container_image, contain
 
 def test_sigterm_lets_in_flight_requests_finish(container_image, container_settings):
     """Bounded load (4 clients, 1000-record batches, 4 s, a new connection each); SIGTERM
-    after 1.5 s: every request that started before it gets its 200."""
+    after 1.5 s: requests the server had accepted, in flight ones included, get their 200;
+    later ones are refused, never answered with an error."""
     import threading
     import time
 
@@ -112,8 +113,13 @@ def test_sigterm_lets_in_flight_requests_finish(container_image, container_setti
         state = inspect(container_id, container_settings)["State"]
     finally:
         stop_container(container_id, container_settings)
-    before = [outcome for started, _, outcome in results if started < sigterm]
+    timeline = [(round(a - sigterm, 3), round(b - sigterm, 3), o) for a, b, o in results]
+    # A request sent a few ms before SIGTERM may still be in the kernel's backlog, never
+    # accepted by the server, and reset: the client cannot tell that from a drop. One
+    # sent 0.3 s earlier (4 clients x ~50 ms per batch) was surely accepted.
+    accepted = [o for started, _, o in results if started < sigterm - 0.3]
     in_flight = [o for started, ended, o in results if started < sigterm <= ended]
-    assert before and set(before) == {200}, before
-    assert in_flight, "no request was in flight at SIGTERM: the test proved nothing"
+    assert accepted and set(accepted) == {200}, timeline
+    assert 200 in in_flight, f"no request in flight at SIGTERM finished: {timeline}"
+    assert {o for _, _, o in results if isinstance(o, int)} == {200}, timeline
     assert state["ExitCode"] == 0, state

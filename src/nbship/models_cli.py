@@ -1,0 +1,244 @@
+"""`nbship models ...`: the model registry from the command line.
+
+Every command finds the registry from the project's env.yaml (`registry: {url: ...}`,
+`$NBSHIP_REGISTRY_URL` overrides, default `<project>/registry.db`). The registry (and
+SQLAlchemy) is imported inside the commands so `nbship --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import yaml
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+PROJECT_OPTION = click.option(
+    "--project",
+    "-p",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Folder holding env.yaml (its `registry.url` says where the registry is).",
+)
+REASON_OPTION = click.option(
+    "--reason", "-r", required=True, help="Why: recorded in the promotion history."
+)
+
+
+def _env(project: Path) -> dict[str, Any]:
+    path = project / "env.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{path}: not valid YAML ({exc})") from exc
+    return loaded if isinstance(loaded, dict) else {}
+
+
+@contextmanager
+def _registry(project: Path) -> Iterator[Registry]:
+    """The project's registry; its errors become one-line messages, not tracebacks."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .registry import Registry, RegistryError, UnknownModelError, registry_url
+
+    url = ""
+    try:
+        url = registry_url(project, _env(project))
+        with Registry(url) as registry:
+            yield registry
+    except (UnknownModelError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        shown = make_url(url).render_as_string(hide_password=True) if url else "?"
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"registry {shown}: {cause}") from exc
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text columns aligned on the widest cell; the last column is not padded."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*padded, row[-1]]).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+@click.group()
+def models() -> None:
+    """The model registry: versions, champion/challenger aliases, promotion history."""
+
+
+@models.command("list")
+@PROJECT_OPTION
+@click.option("--name", "-n", default=None, help="Only versions of this model name.")
+def list_versions(project: Path, name: str | None) -> None:
+    """Registered model versions, newest first."""
+    with _registry(project) as registry:
+        versions = registry.list(name)
+        held: dict[str, list[str]] = {}
+        for model in {v.name for v in versions}:
+            for alias, tag in registry.aliases(model).items():
+                held.setdefault(tag, []).append(alias)
+    if not versions:
+        click.echo("No model versions registered" + (f" for {name}." if name else "."))
+        return
+    rows = []
+    for v in versions:
+        selection = v.extra.get("selection") or {}
+        chosen = (
+            f"{selection['metric']}={_value(selection.get('value'))}"
+            if isinstance(selection, dict) and "metric" in selection
+            else ""
+        )
+        rows.append(
+            [
+                v.tag,
+                ",".join(sorted(held.get(v.tag, []))) or "-",
+                v.candidate or "-",
+                _when(v.created_at),
+                chosen,
+            ]
+        )
+    click.echo(table(["TAG", "ALIASES", "CANDIDATE", "CREATED", "SELECTION"], rows))
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("tag")
+def show(project: Path, tag: str) -> None:
+    """Everything recorded for one model version."""
+    from .registry import flatten
+
+    with _registry(project) as registry:
+        v = registry.get(tag)
+        held = sorted(a for a, t in registry.aliases(v.name).items() if t == v.tag)
+    rows: list[list[Any]] = [
+        ["tag", v.tag],
+        ["aliases", ", ".join(held) or "-"],
+        ["created", _when(v.created_at)],
+        ["candidate", _value(v.candidate)],
+        ["bento", _value(v.bento_tag)],
+        ["git commit", _value(v.git_commit)],
+        ["data fingerprint", _value(v.data_fingerprint)],
+        ["definition hash", _value(v.definition_hash)],
+        ["train seconds", _value(v.train_seconds)],
+        ["reports", _value(v.reports)],
+    ]
+    sections = {
+        "params": v.params,
+        "metrics": v.metrics,
+        "predict_ms": v.predict_ms,
+        "versions": v.versions,
+    }
+    for section, data in sections.items():
+        rows += [[key, _value(val)] for key, val in flatten(data, f"{section}.").items()]
+    for key in sorted(v.extra):
+        rows.append([key, _value(v.extra[key])])
+    for i, verdict in enumerate(v.gates, start=1):
+        rows.append([f"gate {i}", _value(verdict)])
+    click.echo(table(["FIELD", "VALUE"], rows))
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("tag")
+@REASON_OPTION
+@click.option("--force", is_flag=True, help="Promote even if gates failed (recorded as forced).")
+@click.option(
+    "--alias",
+    type=click.Choice(["champion", "challenger"]),
+    default="champion",
+    show_default=True,
+    help="Which alias to move.",
+)
+def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> None:
+    """Make TAG the champion (what serves), or the challenger."""
+    # Seam for promotion gates (src/nbship/gates.py): evaluate them here, record the
+    # verdicts with registry.record_gates(tag, ...) and refuse unless they pass or --force.
+    with _registry(project) as registry:
+        event = registry.set_alias(tag, alias, actor=getpass.getuser(), reason=reason, forced=force)
+    was = f" (was {event.previous_tag})" if event.previous_tag else ""
+    forced = " [forced]" if event.forced else ""
+    click.echo(f"{event.tag} is now the {event.alias} of {event.name}{was}{forced}")
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("name")
+@REASON_OPTION
+def rollback(project: Path, name: str, reason: str) -> None:
+    """Give NAME's champion back to the one before the current promotion."""
+    with _registry(project) as registry:
+        event = registry.rollback(name, actor=getpass.getuser(), reason=reason)
+    click.echo(f"rolled back {name}: champion is {event.tag} again (was {event.previous_tag})")
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("a")
+@click.argument("b")
+def diff(project: Path, a: str, b: str) -> None:
+    """What differs between versions A and B: params, metrics, versions, data, definition."""
+    with _registry(project) as registry:
+        changes = registry.diff(a, b)
+    if not changes:
+        click.echo(f"{a} and {b} have the same params, metrics, versions, data and definition.")
+        return
+    rows = [[key, _value(x), _value(y)] for key, (x, y) in changes.items()]
+    click.echo(table(["KEY", a, b], rows))
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("name")
+def history(project: Path, name: str) -> None:
+    """Every alias change of model NAME, newest first."""
+    with _registry(project) as registry:
+        events = registry.history(name)
+    if not events:
+        click.echo(f"No promotions recorded for {name}.")
+        return
+    rows = [
+        [
+            _when(e.at),
+            e.alias,
+            "rollback" if e.rollback else "promote",
+            e.tag,
+            e.previous_tag or "-",
+            e.actor,
+            "yes" if e.forced else "no",
+            e.reason,
+        ]
+        for e in events
+    ]
+    headers = ["AT", "ALIAS", "ACTION", "TAG", "PREVIOUS", "ACTOR", "FORCED", "REASON"]
+    click.echo(table(headers, rows))

@@ -1,0 +1,519 @@
+"""The model registry: every packaged model version, its aliases and their history.
+
+A version is a BentoML model tag (`name:version`) with the metadata `package.py` records
+(params, metrics, data fingerprint, definition hash, library versions, ...). Aliases
+(`champion` serves, `challenger` is on trial) point at one version of a model name; every
+change of an alias is an append-only promotion event (who, when, why, previous holder,
+forced or not), and `rollback` walks that history back.
+
+Storage is SQLAlchemy: a SQLite file in the project by default (WAL + busy timeout, so
+several processes can share it), or any other URL, e.g. PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+URL_ENV = "NBSHIP_REGISTRY_URL"
+DEFAULT_FILE = "registry.db"
+SQLITE_BUSY_SECONDS = 30
+# Sections compared by `Registry.diff`; dict sections are flattened to dotted keys.
+DIFF_SECTIONS = ("params", "metrics", "versions", "data_fingerprint", "definition_hash")
+# Metadata keys stored in their own columns; the rest goes to `extra`.
+_COLUMNS = (
+    "candidate",
+    "params",
+    "metrics",
+    "data_fingerprint",
+    "definition_hash",
+    "versions",
+    "git_commit",
+    "train_seconds",
+    "predict_ms",
+    "reports",
+)
+
+
+class UnknownModelError(LookupError):
+    """No model version with that tag."""
+
+    def __str__(self) -> str:  # LookupError would quote a single argument like KeyError
+        return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (bad tag, nothing to roll back to, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    tag: str
+    name: str
+    version: str
+    created_at: datetime
+    candidate: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    data_fingerprint: str | None
+    definition_hash: str | None
+    versions: dict[str, Any]
+    git_commit: str | None
+    train_seconds: float | None
+    predict_ms: dict[str, Any]
+    reports: str | None
+    bento_tag: str | None
+    gates: list[dict[str, Any]]
+    # the remaining metadata keys (selection, trained_at, features, target, classes, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    id: int
+    name: str
+    alias: str
+    tag: str
+    previous_tag: str | None
+    actor: str
+    reason: str
+    forced: bool
+    at: datetime
+    rollback: bool = False  # this event undid the alias's latest promotion
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Version(_Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tag: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    candidate: Mapped[str | None] = mapped_column(String(255))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_fingerprint: Mapped[str | None] = mapped_column(String(255))
+    definition_hash: Mapped[str | None] = mapped_column(String(255))
+    versions: Mapped[dict[str, Any]] = mapped_column(JSON)
+    git_commit: Mapped[str | None] = mapped_column(String(255))
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    predict_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reports: Mapped[str | None] = mapped_column(String(4096))
+    bento_tag: Mapped[str | None] = mapped_column(String(255))
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class _Alias(_Base):
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(ForeignKey("model_versions.tag"))
+
+
+class _Event(_Base):
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str] = mapped_column(ForeignKey("model_versions.tag"))
+    previous_tag: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(4096))
+    forced: Mapped[bool]
+    rollback: Mapped[bool]
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    name, sep, version = tag.partition(":")
+    if not sep or not name or not version or ":" in version:
+        raise RegistryError(f"not a model tag: {tag!r} (expected name:version)")
+    return name, version
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite keeps no offset: every stored time is UTC
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only (numpy scalars, paths and tuples become numbers, str, lists)."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "item"):  # numpy scalar
+            return obj.item()
+        if hasattr(obj, "tolist"):  # numpy array
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"test": {"accuracy": 1}} -> {"test.accuracy": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _version(row: _Version) -> ModelVersion:
+    return ModelVersion(
+        tag=row.tag,
+        name=row.name,
+        version=row.version,
+        created_at=_utc(row.created_at),
+        candidate=row.candidate,
+        params=dict(row.params or {}),
+        metrics=dict(row.metrics or {}),
+        data_fingerprint=row.data_fingerprint,
+        definition_hash=row.definition_hash,
+        versions=dict(row.versions or {}),
+        git_commit=row.git_commit,
+        train_seconds=row.train_seconds,
+        predict_ms=dict(row.predict_ms or {}),
+        reports=row.reports,
+        bento_tag=row.bento_tag,
+        gates=[dict(g) for g in row.gates or []],
+        extra=dict(row.extra or {}),
+    )
+
+
+def _event(row: _Event) -> PromotionEvent:
+    return PromotionEvent(
+        id=row.id,
+        name=row.name,
+        alias=row.alias,
+        tag=row.tag,
+        previous_tag=row.previous_tag,
+        actor=row.actor,
+        reason=row.reason,
+        forced=bool(row.forced),
+        at=_utc(row.at),
+        rollback=bool(row.rollback),
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # take over transactions from pysqlite so writers can BEGIN IMMEDIATE
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # a writer takes the write lock up front: no read-then-upgrade deadlock between
+        # processes, and the busy timeout applies while waiting for it
+        write = conn.get_execution_options().get("nbship_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Registry:
+    """Model versions, aliases and promotion history in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite = make_url(url).get_backend_name() == "sqlite"
+        self._engine = _sqlite_engine(url) if self._sqlite else create_engine(url)
+        self._writer = self._engine.execution_options(nbship_write=True)
+        try:
+            _Base.metadata.create_all(self._engine)
+        except OperationalError:  # another process created the tables at the same time
+            _Base.metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._engine) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # versions ---------------------------------------------------------------------------
+
+    def register(
+        self, tag: str, metadata: Mapping[str, Any], bento_tag: str | None = None
+    ) -> ModelVersion:
+        """Records a model version; registering a known tag again returns it unchanged
+        (except that a given `bento_tag` is stored)."""
+        name, version = split_tag(tag)
+        meta = _jsonable(dict(metadata))
+        try:
+            with self._write() as session:
+                row = session.scalar(select(_Version).where(_Version.tag == tag))
+                if row is None:
+                    row = self._new_version(tag, name, version, meta, bento_tag)
+                    session.add(row)
+                elif bento_tag is not None and row.bento_tag != bento_tag:
+                    row.bento_tag = bento_tag
+                return _version(row)
+        except IntegrityError:  # registered concurrently by another process
+            return self.get(tag)
+
+    @staticmethod
+    def _new_version(
+        tag: str, name: str, version: str, meta: dict[str, Any], bento_tag: str | None
+    ) -> _Version:
+        train_seconds = meta.get("train_seconds")
+        return _Version(
+            tag=tag,
+            name=name,
+            version=version,
+            created_at=datetime.now(UTC),
+            candidate=meta.get("candidate"),
+            params=meta.get("params") or {},
+            metrics=meta.get("metrics") or {},
+            data_fingerprint=meta.get("data_fingerprint"),
+            definition_hash=meta.get("definition_hash"),
+            versions=meta.get("versions") or {},
+            git_commit=meta.get("git_commit"),
+            train_seconds=None if train_seconds is None else float(train_seconds),
+            predict_ms=meta.get("predict_ms") or {},
+            reports=meta.get("reports"),
+            bento_tag=bento_tag,
+            gates=[],
+            extra={k: v for k, v in meta.items() if k not in _COLUMNS},
+        )
+
+    def get(self, tag: str) -> ModelVersion:
+        with self._read() as session:
+            row = session.scalar(select(_Version).where(_Version.tag == tag))
+            if row is None:
+                raise self._unknown(session, tag)
+            return _version(row)
+
+    def _unknown(self, session: Session, tag: str, shown: int = 5) -> UnknownModelError:
+        name = tag.partition(":")[0]
+        query = select(_Version.tag).order_by(_Version.created_at.desc(), _Version.id.desc())
+        same = session.scalars(query.where(_Version.name == name).limit(shown + 1)).all()
+        known = same or session.scalars(query.limit(shown + 1)).all()
+        if not known:
+            return UnknownModelError(f"unknown model version {tag!r}: the registry is empty")
+        listed = ", ".join(known[:shown]) + (", ..." if len(known) > shown else "")
+        return UnknownModelError(f"unknown model version {tag!r}; known: {listed}")
+
+    def record_gates(self, tag: str, verdicts: builtins.list[Mapping[str, Any]]) -> None:
+        """Appends gate verdicts (plain JSON dicts) to the version's record."""
+        with self._write() as session:
+            row = session.scalar(select(_Version).where(_Version.tag == tag).with_for_update())
+            if row is None:
+                raise self._unknown(session, tag)
+            row.gates = [*(row.gates or []), *_jsonable([dict(v) for v in verdicts])]
+
+    def diff(self, a: str, b: str) -> dict[str, tuple[Any, Any]]:
+        """What differs between two versions: `{key: (a_value, b_value)}`, keys dotted by
+        section ("params.C", "metrics.test.accuracy", "versions.pandas",
+        "data_fingerprint", "definition_hash"); a side without the key has None."""
+        left, right = self.get(a), self.get(b)
+        changes: dict[str, tuple[Any, Any]] = {}
+        for section in DIFF_SECTIONS:
+            x, y = getattr(left, section), getattr(right, section)
+            if isinstance(x, dict) or isinstance(y, dict):
+                fx, fy = flatten(x or {}, f"{section}."), flatten(y or {}, f"{section}.")
+                for key in sorted(fx.keys() | fy.keys()):
+                    if fx.get(key) != fy.get(key):
+                        changes[key] = (fx.get(key), fy.get(key))
+            elif x != y:
+                changes[section] = (x, y)
+        return changes
+
+    # aliases ----------------------------------------------------------------------------
+
+    def alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version holding `alias` for model `name`, or None."""
+        with self._read() as session:
+            row = session.scalar(
+                select(_Version)
+                .join(_Alias, _Alias.tag == _Version.tag)
+                .where(_Alias.name == name, _Alias.alias == alias)
+            )
+            return None if row is None else _version(row)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """{alias: tag} for model `name`."""
+        with self._read() as session:
+            rows = session.execute(select(_Alias.alias, _Alias.tag).where(_Alias.name == name))
+            return {alias: tag for alias, tag in rows}
+
+    def set_alias(
+        self, tag: str, alias: str, *, actor: str, reason: str, forced: bool = False
+    ) -> PromotionEvent:
+        """Points `alias` of the tag's model at `tag` and records who, why and what it
+        replaced."""
+        if not alias.strip():
+            raise RegistryError("an alias needs a name")
+        with self._write() as session:
+            row = session.scalar(select(_Version).where(_Version.tag == tag))
+            if row is None:
+                raise self._unknown(session, tag)
+            return self._move(session, row.name, alias, tag, actor, reason, forced, False)
+
+    def promote(self, tag: str, *, actor: str, reason: str, forced: bool = False) -> PromotionEvent:
+        """Makes `tag` the champion (what serves). Gate checks belong to the caller: this
+        records the decision, with `forced` telling whether failed gates were overridden."""
+        return self.set_alias(tag, CHAMPION, actor=actor, reason=reason, forced=forced)
+
+    def rollback(self, name: str, *, actor: str, reason: str) -> PromotionEvent:
+        """The champion goes back to the one before the current promotion. Rollbacks undo
+        promotions in turn (like an undo stack): rolling back twice after promoting
+        A, B, C gives A, never C again."""
+        with self._write() as session:
+            events = session.scalars(
+                select(_Event)
+                .where(_Event.name == name, _Event.alias == CHAMPION)
+                .order_by(_Event.id)
+            ).all()
+            stack: builtins.list[_Event] = []
+            for past in events:
+                if past.rollback:
+                    if stack:
+                        stack.pop()
+                else:
+                    stack.append(past)
+            if not stack or stack[-1].previous_tag is None:
+                raise RegistryError(f"{name} has no earlier champion to roll back to")
+            target = stack[-1].previous_tag
+            return self._move(session, name, CHAMPION, target, actor, reason, False, True)
+
+    def _move(
+        self,
+        session: Session,
+        name: str,
+        alias: str,
+        tag: str,
+        actor: str,
+        reason: str,
+        forced: bool,
+        rollback: bool,
+    ) -> PromotionEvent:
+        if not actor.strip() or not reason.strip():
+            raise RegistryError("a promotion needs an actor and a reason")
+        current = session.scalar(
+            select(_Alias).where(_Alias.name == name, _Alias.alias == alias).with_for_update()
+        )
+        previous = None if current is None else current.tag
+        if previous == tag:
+            raise RegistryError(f"{tag} already is the {alias} of {name}")
+        if current is None:
+            session.add(_Alias(name=name, alias=alias, tag=tag))
+        else:
+            current.tag = tag
+        row = _Event(
+            name=name,
+            alias=alias,
+            tag=tag,
+            previous_tag=previous,
+            actor=actor,
+            reason=reason,
+            forced=forced,
+            rollback=rollback,
+            at=datetime.now(UTC),
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError as exc:  # another process set this alias first
+            raise RegistryError(f"{alias} of {name} changed concurrently; try again") from exc
+        return _event(row)
+
+    def history(self, name: str) -> builtins.list[PromotionEvent]:
+        """Every alias change of model `name`, newest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(_Event).where(_Event.name == name).order_by(_Event.id.desc())
+            ).all()
+            return [_event(r) for r in rows]
+
+    def list(self, name: str | None = None) -> builtins.list[ModelVersion]:
+        """Versions (of one model name, or all), newest first."""
+        query = select(_Version).order_by(_Version.created_at.desc(), _Version.id.desc())
+        if name is not None:
+            query = query.where(_Version.name == name)
+        with self._read() as session:
+            return [_version(r) for r in session.scalars(query).all()]
+
+
+def registry_url(project_dir: Path, env: Mapping[str, Any] | None) -> str:
+    """The registry's SQLAlchemy URL: `$NBSHIP_REGISTRY_URL`, else env.yaml's
+    `registry: {url: ...}`, else `sqlite:///<project_dir>/registry.db`. A relative SQLite
+    path is resolved against the project folder."""
+    root = Path(project_dir).resolve()
+    section = (env or {}).get("registry") or {}
+    if not isinstance(section, Mapping):
+        raise RegistryError("env.yaml: `registry` must be a mapping like {url: ...}")
+    url = os.environ.get(URL_ENV) or section.get("url") or f"sqlite:///{root / DEFAULT_FILE}"
+    parsed = make_url(str(url))
+    database = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database
+        and database != ":memory:"
+        and not database.startswith("file:")
+        and not Path(database).is_absolute()
+    ):
+        parsed = parsed.set(database=str(root / database))
+    return parsed.render_as_string(hide_password=False)

@@ -1,0 +1,54 @@
+"""The registry in the pipeline: each run registers its model; a challenger that fails
+the gates is recorded with its verdicts and never reaches the published bento."""
+
+import json
+import shutil
+
+import pytest
+
+from nbship.registry import Registry
+from tests.conftest import Project
+
+pytestmark = pytest.mark.integration
+
+
+def _registry(project: Project) -> Registry:
+    return Registry(f"sqlite:///{project.path / 'registry.db'}")
+
+
+def test_first_run_registers_the_champion_with_its_metadata(built_project: Project):
+    summary = json.loads((built_project.root / "package.json").read_text())
+    champion = _registry(built_project).alias("penguins_classifier", "champion")
+    assert champion is not None and champion.tag == summary["model_tag"]
+    assert summary["promoted"] is True
+    assert champion.data_fingerprint and champion.definition_hash
+    assert champion.metrics["test"]["f1_macro"] > 0.9
+    assert champion.gates, "the gate verdicts are stored with the version"
+    (event,) = _registry(built_project).history("penguins_classifier")[:1]
+    assert event.tag == champion.tag and event.actor and event.reason
+
+
+def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(
+    tmp_path, built_project: Project
+):
+    dest = tmp_path / "copy"
+    shutil.copytree(built_project.path, dest, symlinks=True)
+    project = Project(path=dest, env=built_project.env)
+    published = project.bento.resolve()
+    champion_before = _registry(project).alias("penguins_classifier", "champion")
+    cfg = project.config
+    cfg["candidates"] = ["baseline"]
+    project.write_config(cfg)
+
+    result = project.run("build")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((project.root / "package.json").read_text())
+    assert summary["promoted"] is False
+    assert summary["gates"]["metric"] is False
+    registry = _registry(project)
+    assert registry.alias("penguins_classifier", "champion").tag == champion_before.tag
+    assert registry.alias("penguins_classifier", "challenger").tag == summary["model_tag"]
+    failed = [g for g in registry.get(summary["model_tag"]).gates if not g["passed"]]
+    assert {g["gate"] for g in failed} >= {"metric"}
+    assert project.bento.resolve() == published
