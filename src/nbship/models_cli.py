@@ -181,14 +181,44 @@ def show(project: Path, tag: str) -> None:
     help="Which alias to move.",
 )
 def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> None:
-    """Make TAG the champion (what serves), or the challenger."""
-    # Seam for promotion gates (src/nbship/gates.py): evaluate them here, record the
-    # verdicts with registry.record_gates(tag, ...) and refuse unless they pass or --force.
+    """Make TAG the champion (what serves), or the challenger. A champion must pass the
+    promotion gates against the current one (recorded with the version) unless --force;
+    its bento is then published to bentos/."""
     with _registry(project) as registry:
-        event = registry.set_alias(tag, alias, actor=getpass.getuser(), reason=reason, forced=force)
+        if alias == "champion":
+            event = _promote_champion(project, registry, tag, reason, force)
+        else:
+            event = registry.set_alias(
+                tag, alias, actor=getpass.getuser(), reason=reason, forced=force
+            )
     was = f" (was {event.previous_tag})" if event.previous_tag else ""
     forced = " [forced]" if event.forced else ""
     click.echo(f"{event.tag} is now the {event.alias} of {event.name}{was}{forced}")
+
+
+def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
+    import pandas as pd
+
+    from .package import publish
+    from .promotion import PromotionRefused, promote_by_hand
+
+    version = registry.get(tag)  # an unknown tag is the first thing to say
+    env = _env(project)
+    golden = project.resolve() / str(env.get("root", "build")) / "data" / "golden.parquet"
+    if not golden.exists():
+        raise click.ClickException(f"no golden set at {golden}: run `nbship build` first")
+    gates = {**(env.get("gates") or {}), "metric": env.get("selection_metric", "f1_macro")}
+    try:
+        event, _ = promote_by_hand(
+            registry, tag, golden=pd.read_parquet(golden), gate_config=gates,
+            actor=getpass.getuser(), reason=reason, force=force,
+        )  # fmt: skip
+    except PromotionRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    if version.bento_tag:
+        bentos = project.resolve() / str(env.get("bentos", "bentos"))
+        publish(version.bento_tag, bentos / env["bento"]["name"])
+    return event
 
 
 @models.command()
@@ -197,8 +227,14 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
 @REASON_OPTION
 def rollback(project: Path, name: str, reason: str) -> None:
     """Give NAME's champion back to the one before the current promotion."""
+    from .package import publish
+
     with _registry(project) as registry:
         event = registry.rollback(name, actor=getpass.getuser(), reason=reason)
+        bento_tag = registry.get(event.tag).bento_tag
+    env = _env(project)
+    if bento_tag and (env.get("bento") or {}).get("name") == name:
+        publish(bento_tag, project.resolve() / str(env.get("bentos", "bentos")) / name)
     click.echo(f"rolled back {name}: champion is {event.tag} again (was {event.previous_tag})")
 
 

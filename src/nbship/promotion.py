@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .gates import GateConfig, passed, run_gates
+from .gates import GateConfig, run_gates
 from .registry import Registry
 
 PIPELINE_ACTOR = "nbship-pipeline"
@@ -30,6 +30,41 @@ def load_store_model(tag: str) -> Any:
     return bentoml.sklearn.load_model(tag)
 
 
+class PromotionRefused(RuntimeError):
+    """A gate failed and the promotion was not forced."""
+
+
+def gate_against_champion(
+    registry: Registry,
+    tag: str,
+    *,
+    model: Any,
+    golden: pd.DataFrame,
+    columns: Sequence[str],
+    config: GateConfig,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Runs every gate for `tag` against the current champion and records the verdicts
+    with the version; returns them and the champion's tag (None for a first model)."""
+    version = registry.get(tag)
+    champion = registry.alias(version.name, "champion")
+    if champion is not None and champion.tag == tag:
+        champion = None  # re-checking the champion itself: nothing to compare with
+    results = run_gates(
+        champion=load_store_model(champion.tag) if champion else None,
+        challenger=model,
+        champion_metrics=champion.metrics.get("test", {}) if champion else {},
+        challenger_metrics=version.metrics["test"],
+        golden=golden,
+        columns=columns,
+        config=config,
+        champion_train_seconds=champion.train_seconds if champion else None,
+        challenger_train_seconds=version.train_seconds,
+    )
+    verdicts = [asdict(r) for r in results]
+    registry.record_gates(tag, verdicts)
+    return verdicts, champion.tag if champion else None
+
+
 def register_and_gate(
     *,
     registry: Registry,
@@ -43,31 +78,40 @@ def register_and_gate(
     actor: str = PIPELINE_ACTOR,
 ) -> Verdict:
     """Registers `tag` as challenger; promotes it to champion when every gate passes."""
-    config = GateConfig.from_mapping(gate_config)
-    name = tag.split(":", 1)[0]
     registry.register(tag, metadata, bento_tag=bento_tag)
     registry.set_alias(tag, "challenger", actor=actor, reason="new pipeline run")
-    champion = registry.alias(name, "champion")
-    results = run_gates(
-        champion=load_store_model(champion.tag) if champion else None,
-        challenger=model,
-        champion_metrics=champion.metrics.get("test", {}) if champion else {},
-        challenger_metrics=metadata["metrics"]["test"],
-        golden=golden,
-        columns=columns,
-        config=config,
-        champion_train_seconds=champion.train_seconds if champion else None,
-        challenger_train_seconds=metadata.get("train_seconds"),
-    )
-    verdicts = [asdict(r) for r in results]
-    registry.record_gates(tag, verdicts)
-    promoted = passed(results)
+    verdicts, champion = gate_against_champion(
+        registry, tag, model=model, golden=golden, columns=columns,
+        config=GateConfig.from_mapping(gate_config),
+    )  # fmt: skip
+    promoted = all(v["passed"] for v in verdicts)
     if promoted:
         reason = "gates passed" if champion else "first model: no champion to compare with"
         registry.promote(tag, actor=actor, reason=reason)
-    return Verdict(
-        tag=tag,
-        promoted=promoted,
-        previous_champion=champion.tag if champion else None,
-        gates=verdicts,
-    )
+    return Verdict(tag=tag, promoted=promoted, previous_champion=champion, gates=verdicts)
+
+
+def promote_by_hand(
+    registry: Registry,
+    tag: str,
+    *,
+    golden: pd.DataFrame,
+    gate_config: Mapping[str, Any] | None,
+    actor: str,
+    reason: str,
+    force: bool,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The same gates as the pipeline, then the promotion; a failure refuses it unless
+    forced, and the force is recorded with the event."""
+    version = registry.get(tag)
+    verdicts, _ = gate_against_champion(
+        registry, tag, model=load_store_model(tag), golden=golden,
+        columns=version.extra.get("features") or list(golden.columns),
+        config=GateConfig.from_mapping(gate_config),
+    )  # fmt: skip
+    failed = [v for v in verdicts if not v["passed"]]
+    if failed and not force:
+        lines = "\n".join(f"- {v['gate']}: {v['message']}" for v in failed)
+        raise PromotionRefused(f"{tag} failed {len(failed)} gate(s); --force to override:\n{lines}")
+    event = registry.promote(tag, actor=actor, reason=reason, forced=force)
+    return event, verdicts

@@ -52,3 +52,36 @@ def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(
     failed = [g for g in registry.get(summary["model_tag"]).gates if not g["passed"]]
     assert {g["gate"] for g in failed} >= {"metric"}
     assert project.bento.resolve() == published
+
+
+def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restores(
+    tmp_path, built_project: Project
+):
+    dest = tmp_path / "copy"
+    shutil.copytree(built_project.path, dest, symlinks=True)
+    project = Project(path=dest, env=built_project.env)
+    champion = _registry(project).alias("penguins_classifier", "champion")
+    published = project.bento.resolve()
+    cfg = project.config
+    cfg["candidates"] = ["baseline"]
+    project.write_config(cfg)
+    assert project.run("build").returncode == 0
+    worse = json.loads((project.root / "package.json").read_text())
+
+    refused = project.run("models", "promote", worse["model_tag"], "--reason", "try")
+    assert refused.returncode != 0
+    assert "metric" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _registry(project).alias("penguins_classifier", "champion").tag == champion.tag
+
+    forced = project.run("models", "promote", worse["model_tag"], "-r", "demo", "--force")
+    assert forced.returncode == 0, forced.stderr
+    registry = _registry(project)
+    assert registry.alias("penguins_classifier", "champion").tag == worse["model_tag"]
+    assert registry.history("penguins_classifier")[0].forced is True
+    assert project.bento.resolve().name.endswith(worse["bento_tag"].split(":")[1])
+
+    back = project.run("models", "rollback", "penguins_classifier", "--reason", "undo")
+    assert back.returncode == 0, back.stderr
+    assert _registry(project).alias("penguins_classifier", "champion").tag == champion.tag
+    assert project.bento.resolve() == published
