@@ -8,14 +8,7 @@ from pathlib import Path
 
 import click
 
-PROJECT_OPTION = click.option(
-    "--project",
-    "-p",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=".",
-    show_default=True,
-    help="Folder holding pipeline.yaml and env.yaml.",
-)
+from .cli_options import PROJECT_OPTION
 
 
 def output_option(default_help: str):  # a click decorator

@@ -18,17 +18,11 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
+from .cli_options import PROJECT_OPTION
+
 if TYPE_CHECKING:
     from .registry import Registry
 
-PROJECT_OPTION = click.option(
-    "--project",
-    "-p",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=".",
-    show_default=True,
-    help="Folder holding env.yaml (its `registry.url` says where the registry is).",
-)
 REASON_OPTION = click.option(
     "--reason", "-r", required=True, help="Why: recorded in the promotion history."
 )
