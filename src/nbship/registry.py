@@ -266,10 +266,13 @@ class Registry:
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         self._engine = _sqlite_engine(url) if self._sqlite else create_engine(url)
         self._writer = self._engine.execution_options(nbship_write=True)
+        # DDL through the writer (BEGIN IMMEDIATE on SQLite): a deferred transaction that
+        # reads the schema and then upgrades to write is refused at once ("database is
+        # locked", no busy wait) when another process is creating the tables too.
         try:
-            _Base.metadata.create_all(self._engine)
+            _Base.metadata.create_all(self._writer)
         except OperationalError:  # another process created the tables at the same time
-            _Base.metadata.create_all(self._engine)
+            _Base.metadata.create_all(self._writer)
 
     def close(self) -> None:
         self._engine.dispose()
