@@ -91,10 +91,10 @@ def lab(ctx: click.Context, project: Path) -> None:
 
 
 def _published_bento(project: Path) -> Path:
+    from .package import published_link
     from .pipeline import read_env
 
-    env = read_env(project.resolve())
-    bento = project.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
+    bento = published_link(project, read_env(project.resolve()))
     if not (bento / "bento.yaml").exists():
         raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
     return bento

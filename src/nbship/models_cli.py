@@ -29,13 +29,14 @@ REASON_OPTION = click.option(
 
 
 def _env(project: Path) -> dict[str, Any]:
-    path = project / "env.yaml"
-    if not path.is_file():
-        return {}
+    from .pipeline import read_env
+
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = read_env(project)
+    except FileNotFoundError:
+        return {}
     except yaml.YAMLError as exc:
-        raise click.ClickException(f"{path}: not valid YAML ({exc})") from exc
+        raise click.ClickException(f"{project / 'env.yaml'}: not valid YAML ({exc})") from exc
     return loaded if isinstance(loaded, dict) else {}
 
 
@@ -193,7 +194,7 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
 def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
     import pandas as pd
 
-    from .package import publish
+    from .package import publish, published_link
     from .promotion import PromotionRefused, promote_by_hand
 
     version = registry.get(tag)  # an unknown tag is the first thing to say
@@ -210,8 +211,7 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
     except PromotionRefused as exc:
         raise click.ClickException(str(exc)) from None
     if version.bento_tag:
-        bentos = project.resolve() / str(env.get("bentos", "bentos"))
-        publish(version.bento_tag, bentos / env["bento"]["name"])
+        publish(version.bento_tag, published_link(project, env))
     return event
 
 
@@ -221,14 +221,14 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
 @REASON_OPTION
 def rollback(project: Path, name: str, reason: str) -> None:
     """Give NAME's champion back to the one before the current promotion."""
-    from .package import publish
+    from .package import publish, published_link
 
     with _registry(project) as registry:
         event = registry.rollback(name, actor=getpass.getuser(), reason=reason)
         bento_tag = registry.get(event.tag).bento_tag
     env = _env(project)
     if bento_tag and (env.get("bento") or {}).get("name") == name:
-        publish(bento_tag, project.resolve() / str(env.get("bentos", "bentos")) / name)
+        publish(bento_tag, published_link(project, env))
     click.echo(f"rolled back {name}: champion is {event.tag} again (was {event.previous_tag})")
 
 

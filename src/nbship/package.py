@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from .artifacts import read_model
+from .training import Features
 
 # The files of this package a bento needs to serve; nothing else of nbship ships.
 SERVING_MODULES = ("__init__.py", "contract.py", "serving.py")
@@ -179,6 +180,11 @@ def build_bento(staging: Path) -> str:
     return tag
 
 
+def published_link(project_dir: Path, env: Mapping[str, Any]) -> Path:
+    """Where a project publishes its current bento: `<bentos>/<bento name>` (a symlink)."""
+    return project_dir.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
+
+
 def publish(bento_tag: str, link: str | Path) -> Path:
     """Exports the bento as a folder beside `link` and points `link` at it atomically."""
     import bentoml
@@ -247,7 +253,7 @@ def package_winner(
     from .registry import registry_url as resolve_registry_url
 
     model = read_model(model_path)
-    columns = [*features["numeric"], *features["categorical"]]
+    columns = Features.from_params(features).columns
     metadata = {
         "candidate": candidate["candidate"],
         "params": candidate["params"],
