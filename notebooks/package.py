@@ -15,6 +15,8 @@ bentos_dir = "bentos"
 max_batch = 1000
 reports_dir = "build/reports"
 registry_url = "sqlite:///registry.db"
+model_store = "model-store"
+cards_dir = "build/cards"
 gates = {}
 
 # %%
@@ -38,6 +40,10 @@ result = package.package_winner(
     reports_dir=reports_dir,
     publish_to=f"{bentos_dir}/{bento_name}",
     registry_url=registry_url,
+    model_store=model_store,
+    train_path=upstream["split"]["train"],
+    test_path=upstream["split"]["test"],
+    cards_dir=cards_dir,
     golden_path=upstream["split"]["golden"],
     gates=gates,
 )

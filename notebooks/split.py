@@ -7,7 +7,7 @@ upstream = ["validate", "load"]
 product = None
 target = "species"
 test_size = 0.25
-golden_size = 24
+golden_size = 60
 seed = 42
 
 # %%

@@ -3,10 +3,12 @@ shared by the integration and e2e tests (the build is the slow part)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,12 @@ import pytest
 import yaml
 
 from tests.support import PROJECT
+
+# In-process tests that use BentoML's model store get a throwaway one, never ~/bentoml
+# (BentoML reads BENTOML_HOME when it is first imported, which is after this).
+_BENTOML_HOME = tempfile.mkdtemp(prefix="nbship-test-bentoml-")
+os.environ["BENTOML_HOME"] = _BENTOML_HOME
+atexit.register(shutil.rmtree, _BENTOML_HOME, True)
 
 # What a project folder needs to build: definitions, notebooks, suites, and the lock
 # that the bento's pins are exported from.

@@ -46,6 +46,7 @@ def _registry(project: Path) -> Iterator[Registry]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .model_store import MissingArtifactError, TamperedArtifactError
     from .registry import Registry, RegistryError, UnknownModelError, registry_url
 
     url = ""
@@ -53,7 +54,7 @@ def _registry(project: Path) -> Iterator[Registry]:
         url = registry_url(project, _env(project))
         with Registry(url) as registry:
             yield registry
-    except (UnknownModelError, RegistryError) as exc:
+    except (UnknownModelError, RegistryError, TamperedArtifactError, MissingArtifactError) as exc:
         raise click.ClickException(str(exc)) from exc
     except SQLAlchemyError as exc:
         shown = make_url(url).render_as_string(hide_password=True) if url else "?"
@@ -191,21 +192,27 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
     click.echo(f"{event.tag} is now the {event.alias} of {event.name}{was}{forced}")
 
 
-def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
+def _split_data(project: Path, env: dict[str, Any], part: str) -> Any:
+    """A part (train, test, golden) of the last build's split, as a DataFrame."""
     import pandas as pd
 
+    path = project.resolve() / str(env.get("root", "build")) / "data" / f"{part}.parquet"
+    if not path.exists():
+        raise click.ClickException(f"no {part} split at {path}: run `nbship build` first")
+    return pd.read_parquet(path)
+
+
+def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
     from .package import publish, published_link
     from .promotion import PromotionRefused, promote_by_hand
 
     version = registry.get(tag)  # an unknown tag is the first thing to say
     env = _env(project)
-    golden = project.resolve() / str(env.get("root", "build")) / "data" / "golden.parquet"
-    if not golden.exists():
-        raise click.ClickException(f"no golden set at {golden}: run `nbship build` first")
+    golden = _split_data(project, env, "golden")
     gates = {**(env.get("gates") or {}), "metric": env.get("selection_metric", "f1_macro")}
     try:
         event, _ = promote_by_hand(
-            registry, tag, golden=pd.read_parquet(golden), gate_config=gates,
+            registry, tag, golden=golden, gate_config=gates,
             actor=getpass.getuser(), reason=reason, force=force,
         )  # fmt: skip
     except PromotionRefused as exc:
@@ -213,6 +220,27 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
     if version.bento_tag:
         publish(version.bento_tag, published_link(project, env))
     return event
+
+
+@models.command()
+@PROJECT_OPTION
+@click.argument("tag")
+def card(project: Path, tag: str) -> None:
+    """Write TAG's HTML model card again, compared with the current champion, on the
+    last build's train/test split; prints its path."""
+    from .promotion import write_version_card
+
+    env = _env(project)
+    train, test = _split_data(project, env, "train"), _split_data(project, env, "test")
+    with _registry(project) as registry:
+        version = registry.get(tag)
+        champion = registry.alias(version.name, "champion")
+        path = write_version_card(
+            registry, tag, train=train, test=test, target=env.get("target", "species"),
+            cards_dir=project.resolve() / str(env.get("root", "build")) / "cards",
+            compare_with=champion.tag if champion else None,
+        )  # fmt: skip
+    click.echo(str(path))
 
 
 @models.command()

@@ -31,7 +31,7 @@ from .artifacts import read_model
 from .training import Features
 
 # The files of this package a bento needs to serve; nothing else of nbship ships.
-SERVING_MODULES = ("__init__.py", "contract.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "contract.py", "model_store.py", "registry.py", "serving.py")
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
 # Files whose content defines a run: hashed into the model's metadata.
@@ -243,14 +243,23 @@ def package_winner(
     registry_url: str,
     golden_path: str | Path,
     gates: Mapping[str, Any] | None = None,
+    model_store: str | None = None,
+    train_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    cards_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Store and build the chosen model, register it, gate it against the champion, and
     publish its bento only when it becomes champion; returns what was done."""
     import pandas as pd
 
-    from .promotion import register_and_gate
+    from . import model_store as store
+    from .promotion import register_and_gate, write_version_card
     from .registry import Registry
     from .registry import registry_url as resolve_registry_url
+
+    project = Path(project_dir).resolve()
+    url = resolve_registry_url(project, {"registry": {"url": registry_url}})
+    store_url = store.store_url(project, {"model_store": {"url": model_store}})
 
     model = read_model(model_path)
     columns = Features.from_params(features).columns
@@ -275,6 +284,7 @@ def package_winner(
         metadata["git_commit"] = commit
     labels = {"candidate": candidate["candidate"], "target": target}
     model_tag = save_model(model, bento_name, metadata, labels)
+    artifact = store.push(model_tag, store_url)
     suite_path = Path(suite_path)
     config = {
         "bento_name": bento_name,
@@ -284,6 +294,11 @@ def package_winner(
         "suite": f"expectations/{suite_path.name}",
         "max_batch": int(max_batch),
         "metadata": metadata,
+        # the server checks its own model against these before unpickling it, and asks
+        # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
+        "model_files": artifact["files"],
+        "registry_url": url,
+        "model_store": store_url,
     }
     with tempfile.TemporaryDirectory(prefix="nbship-bento-") as tmp:
         staging = Path(tmp) / "ctx"
@@ -296,18 +311,26 @@ def package_winner(
             labels={**labels, "model_tag": model_tag.replace(":", "-")},
         )
         bento_tag = build_bento(staging)
-    url = resolve_registry_url(Path(project_dir).resolve(), {"registry": {"url": registry_url}})
     with Registry(url) as registry:
         verdict = register_and_gate(
-            registry=registry, tag=model_tag, bento_tag=bento_tag, metadata=metadata,
+            registry=registry, tag=model_tag, bento_tag=bento_tag,
+            metadata={**metadata, "artifact": artifact},
             model=model, golden=pd.read_parquet(golden_path), columns=columns,
             gate_config={**(gates or {}), "metric": choice["metric"]},
         )  # fmt: skip
+        card = None
+        if cards_dir and train_path and test_path:
+            card = write_version_card(
+                registry, model_tag, model=model, target=target, cards_dir=cards_dir,
+                train=pd.read_parquet(train_path), test=pd.read_parquet(test_path),
+                compare_with=verdict.previous_champion,
+            )  # fmt: skip
     if verdict.promoted:
         publish(bento_tag, publish_to)
     return {
         "model_tag": model_tag,
         "bento_tag": bento_tag,
+        "card": str(card) if card else None,
         "promoted": verdict.promoted,
         "previous_champion": verdict.previous_champion,
         "gates": {g["gate"]: g["passed"] for g in verdict.gates},

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .gates import GateConfig, run_gates
-from .registry import Registry
+from .model_store import load_verified
+from .registry import ModelVersion, Registry
 
 PIPELINE_ACTOR = "nbship-pipeline"
 
@@ -23,11 +25,9 @@ class Verdict:
     gates: list[dict[str, Any]]
 
 
-def load_store_model(tag: str) -> Any:
-    """A model from the BentoML store by its explicit tag."""
-    import bentoml
-
-    return bentoml.sklearn.load_model(tag)
+def load_registered(version: ModelVersion) -> Any:
+    """A registered version's model, loaded only once its files match the registry."""
+    return load_verified(version.tag, version.extra.get("artifact") or {})
 
 
 class PromotionRefused(RuntimeError):
@@ -50,7 +50,7 @@ def gate_against_champion(
     if champion is not None and champion.tag == tag:
         champion = None  # re-checking the champion itself: nothing to compare with
     results = run_gates(
-        champion=load_store_model(champion.tag) if champion else None,
+        champion=load_registered(champion) if champion else None,
         challenger=model,
         champion_metrics=champion.metrics.get("test", {}) if champion else {},
         challenger_metrics=version.metrics["test"],
@@ -105,7 +105,7 @@ def promote_by_hand(
     forced, and the force is recorded with the event."""
     version = registry.get(tag)
     verdicts, _ = gate_against_champion(
-        registry, tag, model=load_store_model(tag), golden=golden,
+        registry, tag, model=load_registered(version), golden=golden,
         columns=version.extra.get("features") or list(golden.columns),
         config=GateConfig.from_mapping(gate_config),
     )  # fmt: skip
@@ -115,3 +115,35 @@ def promote_by_hand(
         raise PromotionRefused(f"{tag} failed {len(failed)} gate(s); --force to override:\n{lines}")
     event = registry.promote(tag, actor=actor, reason=reason, forced=force)
     return event, verdicts
+
+
+def write_version_card(
+    registry: Registry,
+    tag: str,
+    *,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    target: str,
+    cards_dir: str | Path,
+    compare_with: str | None,
+    model: Any | None = None,
+) -> Path:
+    """Renders the version's model card (compared with `compare_with`, usually the
+    champion it was gated against), writes it and records its path in the registry."""
+    from .model_card import card_filename, render_card, write_card
+
+    version = registry.get(tag)
+    champion = registry.get(compare_with) if compare_with and compare_with != tag else None
+    html = render_card(
+        version=version,
+        model=model if model is not None else load_registered(version),
+        train=train,
+        test=test,
+        target=target,
+        champion=champion,
+        champion_model=load_registered(champion) if champion else None,
+        aliases=registry.aliases(version.name),
+    )
+    path = write_card(Path(cards_dir).resolve() / card_filename(tag), html)
+    registry.annotate(tag, card=str(path))
+    return path

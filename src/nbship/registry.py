@@ -261,14 +261,22 @@ def _sqlite_engine(url: str) -> Engine:
 class Registry:
     """Model versions, aliases and promotion history in one SQL database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """`create=False` opens an existing registry only (a predict server reading the
+        champion must not make an empty SQLite file where the registry is missing)."""
         self.url = url
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
+        if not create and self._sqlite:
+            database = make_url(url).database or ""
+            if database and database != ":memory:" and not Path(database).is_file():
+                raise RegistryError(f"no registry at {database}")
         self._engine = _sqlite_engine(url) if self._sqlite else create_engine(url)
         self._writer = self._engine.execution_options(nbship_write=True)
         # DDL through the writer (BEGIN IMMEDIATE on SQLite): a deferred transaction that
         # reads the schema and then upgrades to write is refused at once ("database is
         # locked", no busy wait) when another process is creating the tables too.
+        if not create:
+            return
         try:
             _Base.metadata.create_all(self._writer)
         except OperationalError:  # another process created the tables at the same time
@@ -366,6 +374,14 @@ class Registry:
             if row is None:
                 raise self._unknown(session, tag)
             row.gates = [*(row.gates or []), *_jsonable([dict(v) for v in verdicts])]
+
+    def annotate(self, tag: str, **values: Any) -> None:
+        """Adds or replaces keys of the version's extra metadata (e.g. its card's path)."""
+        with self._write() as session:
+            row = session.scalar(select(_Version).where(_Version.tag == tag).with_for_update())
+            if row is None:
+                raise self._unknown(session, tag)
+            row.extra = {**(row.extra or {}), **_jsonable(values)}
 
     def diff(self, a: str, b: str) -> dict[str, tuple[Any, Any]]:
         """What differs between two versions: `{key: (a_value, b_value)}`, keys dotted by

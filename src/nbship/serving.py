@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +25,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import model_store
 from .contract import Contract, load_suite, record_model
+from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
 
 CONFIG_FILE = "serving.json"
+# under "bentoml" so the server's own log configuration shows it (INFO and up)
+logger = logging.getLogger("bentoml.nbship")
 
 
 def bento_root() -> Path:
@@ -35,6 +41,83 @@ def bento_root() -> Path:
 
 def load_config(root: Path) -> dict[str, Any]:
     return json.loads((root / CONFIG_FILE).read_text())
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    tag: str
+    model: Any
+    source: str  # "registry" (the champion, fetched) or "bento" (the bento's own model)
+    reason: str  # why this one, for /info and the start-up log
+    metadata: dict[str, Any]
+
+
+def version_metadata(version: ModelVersion) -> dict[str, Any]:
+    """What /info shows of a registered version: the metadata the bento would carry."""
+    extra = {k: v for k, v in version.extra.items() if k != "artifact"}
+    return {
+        **extra,
+        "candidate": version.candidate,
+        "params": version.params,
+        "metrics": version.metrics,
+        "data_fingerprint": version.data_fingerprint,
+        "definition_hash": version.definition_hash,
+        "versions": version.versions,
+        "git_commit": version.git_commit,
+        "train_seconds": version.train_seconds,
+        "predict_ms": version.predict_ms,
+        "reports": version.reports,
+    }
+
+
+def registry_champion(config: dict[str, Any]) -> tuple[ModelVersion | None, str]:
+    """The registry's champion for this bento's model name, or None and why not."""
+    url = os.environ.get(URL_ENV) or config.get("registry_url")
+    if not url:
+        return None, "no registry configured"
+    try:
+        with Registry(url, create=False) as registry:
+            champion = registry.alias(config["bento_name"], CHAMPION)
+    # Any failure to read the registry (missing file, server down, driver missing) must
+    # not stop the server: it serves the model it was built with and says why.
+    except Exception as exc:
+        return None, f"registry unavailable ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    if champion is None:
+        return None, "the registry has no champion yet"
+    return champion, "registry champion"
+
+
+def resolve_model(config: dict[str, Any]) -> ServedModel:
+    """The registry's champion when it can be loaded and verified, else the bento's own
+    model (verified against the digests in serving.json); a bento whose own model fails
+    its check refuses to start."""
+    own_tag = config["model_tag"]
+    champion, reason = registry_champion(config)
+    if champion is not None and champion.tag != own_tag:
+        features = champion.extra.get("features")
+        if features != config["columns"]:
+            reason = (
+                f"champion {champion.tag} takes columns {features},"
+                f" this bento serves {config['columns']}"
+            )
+        else:
+            artifact = dict(champion.extra.get("artifact") or {})
+            if store := os.environ.get(model_store.URL_ENV):
+                artifact["uri"] = model_store.archive_uri(store, champion.tag)
+            try:
+                model = model_store.load_verified(champion.tag, artifact)
+                metadata = version_metadata(champion)
+                return ServedModel(champion.tag, model, "registry", reason, metadata)
+            except (model_store.TamperedArtifactError, model_store.MissingArtifactError) as exc:
+                logger.error("refusing champion %s: %s", champion.tag, exc)
+                reason = f"champion {champion.tag} refused: {exc}"
+    folder = model_store.local_dir(own_tag)
+    if folder is None:
+        raise model_store.MissingArtifactError(f"the bento's model {own_tag} is not in its store")
+    model = model_store.load_dir(folder, config.get("model_files") or {}, own_tag)
+    if champion is not None and champion.tag == own_tag:
+        reason = "registry champion (the bento's own model)"
+    return ServedModel(own_tag, model, "bento", reason, config["metadata"])
 
 
 class Prediction(BaseModel):
@@ -129,12 +212,24 @@ CONFIG = load_config(ROOT)
 CONTRACT = Contract.from_suite(load_suite(ROOT / CONFIG["suite"]), CONFIG["columns"])
 Record = record_model(CONTRACT, name="Record")
 PredictRequest = request_spec(Record, CONFIG["max_batch"])
-INFO = {key: CONFIG[key] for key in ("model_tag", "bento_name", "metadata")}
 NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
+# The model this process serves; set by the service at start, read by /info.
+SERVED: ServedModel | None = None
 
 
 async def info(_: Request) -> JSONResponse:
-    return JSONResponse(INFO)
+    if SERVED is None:
+        return JSONResponse({"detail": "the model is not loaded yet"}, status_code=503)
+    return JSONResponse(
+        {
+            "model_tag": SERVED.tag,
+            "bento_name": CONFIG["bento_name"],
+            "bento_model_tag": CONFIG["model_tag"],
+            "source": SERVED.source,
+            "reason": SERVED.reason,
+            "metadata": SERVED.metadata,
+        }
+    )
 
 
 info_app = Starlette(routes=[Route("/info", info, methods=["GET"])])
@@ -145,10 +240,15 @@ info_app = Starlette(routes=[Route("/info", info, methods=["GET"])])
 class ModelService:
     """Predicts the target for records keyed by the dataset's column names."""
 
+    # packs the model into the bento at build time; loading goes through resolve_model
     model_ref = bentoml.models.BentoModel(CONFIG["model_tag"])
 
     def __init__(self) -> None:
-        self.model = bentoml.sklearn.load_model(self.model_ref)
+        global SERVED
+        SERVED = resolve_model(CONFIG)
+        logger.info("serving %s from the %s (%s)", SERVED.tag, SERVED.source, SERVED.reason)
+        self.tag = SERVED.tag
+        self.model = SERVED.model
         self.classes = [str(c) for c in self.model.classes_]
         self.columns = list(CONFIG["columns"])
 
@@ -163,7 +263,7 @@ class ModelService:
         proba = self.model.predict_proba(frame)
         best = np.argmax(proba, axis=1)
         return PredictResponse(
-            model=CONFIG["model_tag"],
+            model=self.tag,
             predictions=[
                 Prediction(
                     label=self.classes[i],
@@ -174,14 +274,14 @@ class ModelService:
         )
 
     def frame(self, records: list[Any]) -> pd.DataFrame:
-        """Columnar construction: one list per column, not one dict per row. Number
-        columns are float64 even when every value is null (NaN, as in training), not
-        the object column pandas would infer from Nones."""
+        """Columnar construction: one list per column, not one dict per row. Nulls are
+        NaN, as in training: an all-None column would otherwise be an object column of
+        Nones, which the imputers do not count as missing."""
         return pd.DataFrame(
             {
                 c: np.array([getattr(r, c) for r in records], dtype=float)
                 if c in NUMERIC
-                else [getattr(r, c) for r in records]
+                else [np.nan if (v := getattr(r, c)) is None else v for r in records]
                 for c in self.columns
             }
         )

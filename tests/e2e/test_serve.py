@@ -101,6 +101,14 @@ def test_single_record_with_every_nullable_field_null(server: str):
     assert sum(response.json()["predictions"][0]["probabilities"].values()) == pytest.approx(1)
 
 
+def test_a_null_answers_the_same_alone_and_in_a_batch(server: str):
+    # a column that is null in every row of a request must still be imputed as missing
+    record = {**RECORD, "sex": None}
+    alone = post(server, record).json()["predictions"][0]["probabilities"]
+    batched = post(server, [RECORD, record]).json()["predictions"][1]["probabilities"]
+    assert alone == pytest.approx(batched, abs=1e-9)
+
+
 def _errors(response: httpx.Response) -> list[dict]:
     assert "Traceback" not in response.text
     return response.json()["detail"]

@@ -3,6 +3,7 @@ the gates is recorded with its verdicts and never reaches the published bento.""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,56 @@ def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restore
     assert back.returncode == 0, back.stderr
     assert _registry(project).alias("penguins_classifier", "champion").tag == champion.tag
     assert project.bento.resolve() == published
+
+
+def test_each_run_writes_a_model_card_recorded_in_the_registry(built_project: Project):
+    summary = json.loads((built_project.root / "package.json").read_text())
+    version = _registry(built_project).get(summary["model_tag"])
+    card = Path(version.extra["card"])
+    assert card == Path(summary["card"]) and card.parent == built_project.root / "cards"
+    page = card.read_text()
+    assert summary["model_tag"] in page and page.count("<svg") >= 3
+    assert "Confusion matrix" in page and "Gate results" in page
+
+
+def test_models_card_rewrites_a_card_against_the_champion(tmp_path, built_project: Project):
+    dest = tmp_path / "copy"
+    shutil.copytree(built_project.path, dest, symlinks=True)
+    project = Project(path=dest, env=built_project.env)
+    cfg = project.config
+    cfg["candidates"] = ["baseline"]
+    project.write_config(cfg)
+    assert project.run("build").returncode == 0
+    worse = json.loads((project.root / "package.json").read_text())
+    champion = _registry(project).alias("penguins_classifier", "champion")
+
+    result = project.run("models", "card", worse["model_tag"])
+
+    assert result.returncode == 0, result.stderr
+    page = Path(result.stdout.strip()).read_text()
+    assert f"champion {champion.tag}" in page and "FAILED" in page
+    unknown = project.run("models", "card", "penguins_classifier:nope")
+    assert unknown.returncode != 0 and "unknown model version" in unknown.stderr
+
+
+def test_a_tampered_artefact_is_refused_by_promote(tmp_path, built_project: Project):
+    dest = tmp_path / "copy"
+    shutil.copytree(built_project.path, dest, symlinks=True)
+    project = Project(path=dest, env=built_project.env)
+    cfg = project.config
+    cfg["candidates"] = ["baseline"]
+    project.write_config(cfg)
+    assert project.run("build").returncode == 0
+    worse = json.loads((project.root / "package.json").read_text())
+    name, version = worse["model_tag"].split(":")
+    pkl = Path(project.env["BENTOML_HOME"]) / "models" / name / version / "saved_model.pkl"
+    original = pkl.read_bytes()
+    pkl.write_bytes(original + b"\0")
+    try:
+        result = project.run("models", "promote", worse["model_tag"], "-r", "t", "--force")
+    finally:
+        pkl.write_bytes(original)
+    assert result.returncode != 0
+    assert "saved_model.pkl: sha256" in result.stderr and "refusing to load it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _registry(project).alias(name, "champion").tag != worse["model_tag"]

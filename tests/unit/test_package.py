@@ -240,6 +240,8 @@ def test_stage_build_context_writes_only_what_serving_needs(staged: tuple[Path, 
     assert files == {
         "nbship/__init__.py",
         "nbship/contract.py",
+        "nbship/model_store.py",
+        "nbship/registry.py",
         "nbship/serving.py",
         "expectations/penguins.json",
         "serving.json",
