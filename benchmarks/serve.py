@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -59,11 +58,14 @@ def summarise(times: list[float], total: float, failures: int) -> dict[str, floa
     }
 
 
-async def load(url: str, rows: list[dict], concurrency: int) -> dict[str, float]:
-    """`concurrency` keep-alive workers share the rows; bounded by their count."""
-    queue: asyncio.Queue[dict] = asyncio.Queue()
-    for row in rows:
-        queue.put_nowait(row)
+async def load(
+    url: str, bodies: list[object], concurrency: int, wrap: bool = False
+) -> dict[str, float]:
+    """`concurrency` keep-alive workers share the bodies; bounded by their count. `wrap`
+    sends `{"records": body}` (the bare reference's input) instead of the body."""
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait({"records": body if isinstance(body, list) else [body]} if wrap else body)
     times: list[float] = []
     failures = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -72,11 +74,14 @@ async def load(url: str, rows: list[dict], concurrency: int) -> dict[str, float]
         async def worker() -> None:
             nonlocal failures
             while not queue.empty():
-                row = queue.get_nowait()
+                body = queue.get_nowait()
                 t0 = time.perf_counter()
-                response = await client.post("/predict", json=row)
+                try:
+                    response = await client.post("/predict", json=body)
+                    failures += response.status_code != 200
+                except httpx.HTTPError:
+                    failures += 1
                 times.append(time.perf_counter() - t0)
-                failures += response.status_code != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -84,48 +89,106 @@ async def load(url: str, rows: list[dict], concurrency: int) -> dict[str, float]
     return summarise(times, total, failures)
 
 
+def in_process_batch(model, columns: list[str], rows: list[dict], size: int) -> float:
+    """Rows per second of predict_proba on ready `size`-row DataFrames."""
+    frame = pd.DataFrame(rows[:size], columns=columns)
+    model.predict_proba(frame)
+    repeats = 20
+    started = time.perf_counter()
+    for _ in range(repeats):
+        model.predict_proba(frame)
+    return repeats * size / (time.perf_counter() - started)
+
+
+def serve(cmd: list[str], url: str, env: dict[str, str] | None = None):
+    log = Path(tempfile.mkdtemp(prefix="nbship-bench-")) / "serve.log"
+    server = start(cmd, log, env=env)
+    wait_http(f"{url}/readyz", server, timeout=90)
+    return server
+
+
+def measure(url: str, rows: list[dict], levels: list[int], batches: list[list[dict]], wrap: bool):
+    asyncio.run(load(url, rows[:200], 4, wrap))  # warm-up
+    single = {c: asyncio.run(load(url, rows, c, wrap)) for c in levels}
+    batch = asyncio.run(load(url, batches, 1, wrap))
+    rows_per_s = batch["rps"] * len(batches[0])
+    return single, rows_per_s, batch["failures"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bento", type=Path, default=PROJECT / "bentos" / "penguins_classifier")
     parser.add_argument("--requests", type=int, default=2000, help="per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batches", type=int, default=30, help="1,000-record requests")
     args = parser.parse_args()
 
     config = json.loads((args.bento / "src" / "serving.json").read_text())
     name, version = config["model_tag"].split(":")
-    model = joblib.load(args.bento / "models" / name / version / "saved_model.pkl")
+    model_file = args.bento / "models" / name / version / "saved_model.pkl"
+    model = joblib.load(model_file)
     columns = config["columns"]
     rows = records(columns, args.requests)
+    batches = [records(columns, 1000) for _ in range(args.batches)]
+    floor = in_process(model, columns, rows)
+    floor_batch = in_process_batch(model, columns, batches[0], 1000)
 
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    results = {}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = Path(tempfile.mkdtemp(prefix="nbship-bench-")) / "serve.log"
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    server = start(
-        [bentoml, "serve", str(args.bento), "--host", "127.0.0.1", "--port", str(port)], log
+    server = serve(
+        [bentoml, "serve", str(args.bento), "--host", "127.0.0.1", "--port", str(port)], url
     )
     try:
-        wait_http(f"{url}/readyz", server, timeout=90)
-        asyncio.run(load(url, rows[:200], 4))  # warm-up
-        floor = in_process(model, columns, rows)
-        results = {c: asyncio.run(load(url, rows, c)) for c in args.concurrency}
+        results["nbship"] = measure(url, rows, args.concurrency, batches, wrap=False)
+        inference = httpx.get(f"{url}/info").json().get("inference", "?")
+    finally:
+        stop(server)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = serve(
+        [
+            bentoml,
+            "serve",
+            "benchmarks.bare_service:Bare",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        url,
+        env={"NBSHIP_BENCH_MODEL": str(model_file)},
+    )
+    try:
+        results["bare BentoML"] = measure(url, rows, args.concurrency, batches, wrap=True)
     finally:
         stop(server)
 
-    print(f"model {config['model_tag']}, {args.requests} single-record requests per level")
-    print(f"{'path':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'fail':>6}{'÷ in-process':>14}")
     print(
-        f"{'in-process predict_proba':<26}{floor['rps']:>9.0f}{floor['p50_ms']:>9.2f}"
+        f"model {config['model_tag']} ({inference});"
+        f" {args.requests} single-record requests per level"
+    )
+    print(f"{'path':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'fail':>6}{'÷ in-process':>14}")
+    print(
+        f"{'in-process, one row':<28}{floor['rps']:>9.0f}{floor['p50_ms']:>9.2f}"
         f"{floor['p99_ms']:>9.2f}{0:>6}{1.0:>14.2f}"
     )
-    for c, r in results.items():
+    for name_, (single, _, _) in results.items():
+        for c, r in single.items():
+            print(
+                f"{name_ + ', c=' + str(c):<28}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}"
+                f"{r['p99_ms']:>9.2f}{r['failures']:>6}{r['rps'] / floor['rps']:>14.2f}"
+            )
+    print(f"\n1,000-record batches: in-process {floor_batch:,.0f} rows/s")
+    for name_, (_, rows_per_s, failures) in results.items():
         print(
-            f"{'bentoml serve, c=' + str(c):<26}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}"
-            f"{r['p99_ms']:>9.2f}{r['failures']:>6}{r['rps'] / floor['rps']:>14.2f}"
+            f"{name_:<28}{rows_per_s:>12,.0f} rows/s  fail {failures}"
+            f"  ÷ in-process {rows_per_s / floor_batch:.2f}"
         )
-    print(
-        f"median ratio: {statistics.median(r['rps'] / floor['rps'] for r in results.values()):.2f}"
-    )
+    ours, bare = results["nbship"][0], results["bare BentoML"][0]
+    for c in args.concurrency:
+        print(f"nbship ÷ bare BentoML, c={c}: {ours[c]['rps'] / bare[c]['rps']:.2f}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,15 @@ from .artifacts import read_model
 from .training import Features
 
 # The files of this package a bento needs to serve; nothing else of nbship ships.
-SERVING_MODULES = ("__init__.py", "contract.py", "model_store.py", "registry.py", "serving.py")
+SERVING_MODULES = (
+    "__init__.py",
+    "batching.py",
+    "compiled.py",
+    "contract.py",
+    "model_store.py",
+    "registry.py",
+    "serving.py",
+)
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
 # Files whose content defines a run: hashed into the model's metadata.
@@ -261,8 +269,14 @@ def package_winner(
     url = resolve_registry_url(project, {"registry": {"url": registry_url}})
     store_url = store.store_url(project, {"model_store": {"url": model_store}})
 
+    from .compiled import compile_and_verify
+
     model = read_model(model_path)
     columns = Features.from_params(features).columns
+    # the compiled plan ships only when it matches scikit-learn on the held-out rows
+    checked = [pd.read_parquet(p) for p in (test_path, golden_path) if p]
+    _, compiled = compile_and_verify(model, columns, checked)
+    print(f"inference path: {compiled['message']}")
     metadata = {
         "candidate": candidate["candidate"],
         "params": candidate["params"],
@@ -297,6 +311,7 @@ def package_winner(
         # the server checks its own model against these before unpickling it, and asks
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
         "model_files": artifact["files"],
+        "compiled": compiled,
         "registry_url": url,
         "model_store": store_url,
     }
@@ -314,7 +329,7 @@ def package_winner(
     with Registry(url) as registry:
         verdict = register_and_gate(
             registry=registry, tag=model_tag, bento_tag=bento_tag,
-            metadata={**metadata, "artifact": artifact},
+            metadata={**metadata, "artifact": artifact, "compiled": compiled},
             model=model, golden=pd.read_parquet(golden_path), columns=columns,
             gate_config={**(gates or {}), "metric": choice["metric"]},
         )  # fmt: skip
@@ -331,6 +346,7 @@ def package_winner(
         "model_tag": model_tag,
         "bento_tag": bento_tag,
         "card": str(card) if card else None,
+        "compiled": compiled["compiled"],
         "promoted": verdict.promoted,
         "previous_champion": verdict.previous_champion,
         "gates": {g["gate"]: g["passed"] for g in verdict.gates},

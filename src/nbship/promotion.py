@@ -3,6 +3,7 @@ against the current champion, record every verdict, promote only when they pass.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 import pandas as pd
 
 from .gates import GateConfig, run_gates
-from .model_store import load_verified
+from .model_store import file_digests, load_verified, local_dir
 from .registry import ModelVersion, Registry
 
 PIPELINE_ACTOR = "nbship-pipeline"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,18 @@ class Verdict:
     gates: list[dict[str, Any]]
 
 
-def load_registered(version: ModelVersion) -> Any:
-    """A registered version's model, loaded only once its files match the registry."""
-    return load_verified(version.tag, version.extra.get("artifact") or {})
+def load_registered(version: ModelVersion, registry: Registry | None = None) -> Any:
+    """A registered version's model, loaded only once its files match the registry.
+
+    A version registered before digests were recorded gets them now, from the local
+    store, when a registry is given (trust on first use, logged)."""
+    artifact = version.extra.get("artifact")
+    folder = local_dir(version.tag)
+    if not artifact and registry is not None and folder is not None:
+        artifact = {"files": file_digests(folder)}
+        registry.annotate(version.tag, artifact=artifact)
+        logger.warning("recorded digests of %s, registered before hash checks", version.tag)
+    return load_verified(version.tag, artifact or {})
 
 
 class PromotionRefused(RuntimeError):
@@ -50,7 +61,7 @@ def gate_against_champion(
     if champion is not None and champion.tag == tag:
         champion = None  # re-checking the champion itself: nothing to compare with
     results = run_gates(
-        champion=load_registered(champion) if champion else None,
+        champion=load_registered(champion, registry) if champion else None,
         challenger=model,
         champion_metrics=champion.metrics.get("test", {}) if champion else {},
         challenger_metrics=version.metrics["test"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +26,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import model_store
+from .batching import MicroBatcher
+from .compiled import CompiledModel, UnsupportedModel, compile_model
 from .contract import Contract, load_suite, record_model
 from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
 
@@ -50,6 +52,24 @@ class ServedModel:
     source: str  # "registry" (the champion, fetched) or "bento" (the bento's own model)
     reason: str  # why this one, for /info and the start-up log
     metadata: dict[str, Any]
+    # the numpy plan when the package step verified it for this model, else None
+    plan: CompiledModel | None = None
+    inference: str = "scikit-learn"
+
+
+def with_plan(
+    served: ServedModel, verified: dict[str, Any] | None, columns: list[str]
+) -> ServedModel:
+    """Attaches the compiled plan when packaging verified it against scikit-learn for
+    this very model (`verified` is that report); otherwise serves scikit-learn."""
+    if not verified or not verified.get("compiled"):
+        why = (verified or {}).get("reason", "no verified plan recorded")
+        return replace(served, inference=f"scikit-learn ({why})")
+    try:
+        plan = compile_model(served.model, columns)
+    except UnsupportedModel as exc:  # verified at packaging, so only a library change
+        return replace(served, inference=f"scikit-learn ({exc})")
+    return replace(served, plan=plan, inference=plan.description)
 
 
 def version_metadata(version: ModelVersion) -> dict[str, Any]:
@@ -106,8 +126,10 @@ def resolve_model(config: dict[str, Any]) -> ServedModel:
                 artifact["uri"] = model_store.archive_uri(store, champion.tag)
             try:
                 model = model_store.load_verified(champion.tag, artifact)
-                metadata = version_metadata(champion)
-                return ServedModel(champion.tag, model, "registry", reason, metadata)
+                served = ServedModel(
+                    champion.tag, model, "registry", reason, version_metadata(champion)
+                )
+                return with_plan(served, champion.extra.get("compiled"), config["columns"])
             except (model_store.TamperedArtifactError, model_store.MissingArtifactError) as exc:
                 logger.error("refusing champion %s: %s", champion.tag, exc)
                 reason = f"champion {champion.tag} refused: {exc}"
@@ -117,7 +139,8 @@ def resolve_model(config: dict[str, Any]) -> ServedModel:
     model = model_store.load_dir(folder, config.get("model_files") or {}, own_tag)
     if champion is not None and champion.tag == own_tag:
         reason = "registry champion (the bento's own model)"
-    return ServedModel(own_tag, model, "bento", reason, config["metadata"])
+    served = ServedModel(own_tag, model, "bento", reason, config["metadata"])
+    return with_plan(served, config.get("compiled"), config["columns"])
 
 
 class Prediction(BaseModel):
@@ -215,6 +238,7 @@ PredictRequest = request_spec(Record, CONFIG["max_batch"])
 NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
 # The model this process serves; set by the service at start, read by /info.
 SERVED: ServedModel | None = None
+BATCHER: MicroBatcher | None = None
 
 
 async def info(_: Request) -> JSONResponse:
@@ -227,6 +251,8 @@ async def info(_: Request) -> JSONResponse:
             "bento_model_tag": CONFIG["model_tag"],
             "source": SERVED.source,
             "reason": SERVED.reason,
+            "inference": SERVED.inference,
+            "batching": BATCHER.stats() if BATCHER else {},
             "metadata": SERVED.metadata,
         }
     )
@@ -244,13 +270,16 @@ class ModelService:
     model_ref = bentoml.models.BentoModel(CONFIG["model_tag"])
 
     def __init__(self) -> None:
-        global SERVED
+        global SERVED, BATCHER
         SERVED = resolve_model(CONFIG)
         logger.info("serving %s from the %s (%s)", SERVED.tag, SERVED.source, SERVED.reason)
+        logger.info("inference: %s", SERVED.inference)
         self.tag = SERVED.tag
         self.model = SERVED.model
+        self.plan = SERVED.plan
         self.classes = [str(c) for c in self.model.classes_]
         self.columns = list(CONFIG["columns"])
+        self.batcher = BATCHER = MicroBatcher(self.proba, max_rows=CONFIG["max_batch"])
 
     # async on purpose: the model call is short and CPU-bound, and BentoML runs a sync
     # API in a thread pool limited to one thread, so the hop bought no concurrency and
@@ -259,19 +288,29 @@ class ModelService:
     async def predict(self, body: Any, /) -> PredictResponse:
         """Predicted label and class probabilities for one record or a list of records."""
         records = body if isinstance(body, list) else [body]
-        frame = self.frame(records)
-        proba = self.model.predict_proba(frame)
+        proba = await self.batcher(records)
         best = np.argmax(proba, axis=1)
-        return PredictResponse(
+        classes = self.classes
+        # model_construct: the values come from the model, re-validating them per row
+        # cost more than the prediction itself
+        return PredictResponse.model_construct(
             model=self.tag,
             predictions=[
-                Prediction(
-                    label=self.classes[i],
-                    probabilities=dict(zip(self.classes, row.tolist(), strict=True)),
+                Prediction.model_construct(
+                    label=classes[i], probabilities=dict(zip(classes, row, strict=True))
                 )
-                for i, row in zip(best, proba, strict=True)
+                for i, row in zip(best.tolist(), proba.tolist(), strict=True)
             ],
         )
+
+    def proba(self, records: list[Any]) -> np.ndarray:
+        """Class probabilities: the compiled plan on columns when it was verified, else
+        the scikit-learn pipeline on a DataFrame."""
+        if self.plan is not None:
+            return self.plan.predict_proba(
+                {c: [getattr(r, c) for r in records] for c in self.columns}
+            )
+        return self.model.predict_proba(self.frame(records))
 
     def frame(self, records: list[Any]) -> pd.DataFrame:
         """Columnar construction: one list per column, not one dict per row. Nulls are

@@ -60,7 +60,15 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
     suite = json.loads((src / "expectations" / "penguins.json").read_text())
     assert suite == json.loads((PROJECT / "expectations" / "penguins.json").read_text())
     shipped = sorted(p.name for p in (src / "nbship").glob("*.py"))
-    assert shipped == ["__init__.py", "contract.py", "model_store.py", "registry.py", "serving.py"]
+    assert shipped == [
+        "__init__.py",
+        "batching.py",
+        "compiled.py",
+        "contract.py",
+        "model_store.py",
+        "registry.py",
+        "serving.py",
+    ]
 
 
 def test_model_metadata_is_complete(built_project: Project):

@@ -239,6 +239,8 @@ def test_stage_build_context_writes_only_what_serving_needs(staged: tuple[Path, 
     files = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
     assert files == {
         "nbship/__init__.py",
+        "nbship/batching.py",
+        "nbship/compiled.py",
         "nbship/contract.py",
         "nbship/model_store.py",
         "nbship/registry.py",
