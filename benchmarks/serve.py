@@ -1,6 +1,7 @@
-"""Serving benchmark: single-record POST /predict against `bentoml serve` of the
-published bento, at several concurrency levels, each divided by the in-process rate
-of the same model on the same records measured in the same run.
+"""Serving benchmark: POST /predict against `bentoml serve` of the published bento
+(prediction log on, then off) and against a bare BentoML service of the same model:
+single records at several concurrency levels and 1,000-record batches, each divided by
+the in-process rate of the same model on the same records measured in the same run.
 
     uv run python -m benchmarks.serve [--bento bentos/penguins_classifier] [--requests 2000]
 
@@ -187,8 +188,12 @@ def main() -> None:
             f"  ÷ in-process {rows_per_s / floor_batch:.2f}"
         )
     ours, bare = results["nbship"][0], results["bare BentoML"][0]
+    quiet = results["nbship, log off"][0]
     for c in args.concurrency:
-        print(f"nbship ÷ bare BentoML, c={c}: {ours[c]['rps'] / bare[c]['rps']:.2f}")
+        print(
+            f"c={c}: nbship ÷ bare BentoML {ours[c]['rps'] / bare[c]['rps']:.2f},"
+            f" logging on ÷ off {ours[c]['rps'] / quiet[c]['rps']:.2f}"
+        )
 
 
 if __name__ == "__main__":

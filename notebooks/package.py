@@ -17,6 +17,7 @@ reports_dir = "build/reports"
 registry_url = "sqlite:///registry.db"
 model_store = "model-store"
 cards_dir = "build/cards"
+prediction_log = {}
 gates = {}
 
 # %%
@@ -44,6 +45,7 @@ result = package.package_winner(
     train_path=upstream["split"]["train"],
     test_path=upstream["split"]["test"],
     cards_dir=cards_dir,
+    prediction_log=prediction_log,
     golden_path=upstream["split"]["golden"],
     gates=gates,
 )

@@ -191,9 +191,11 @@ def k8s(project: Path, output: Path | None) -> None:
 
 
 def _register_groups() -> None:
+    from .log_cli import log
     from .models_cli import models
 
     main.add_command(models)
+    main.add_command(log)
 
 
 _register_groups()

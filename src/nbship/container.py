@@ -201,12 +201,19 @@ RUN python3 -m venv /opt/venv \\
  && find /opt/venv -type d -name tests -prune -exec rm -rf {{}} + \\
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {{}} + \\
  && rm /tmp/requirements.txt \\
- && useradd --uid {uid} --create-home --shell /usr/sbin/nologin bento
+ && useradd --uid {uid} --create-home --shell /usr/sbin/nologin bento \\
+ && install -d -o {uid} -g {uid} /var/lib/nbship
 COPY --chown={uid}:{uid} bento /home/bento/bento
+# the prediction log lives in the container's own folder (mount a volume there to keep
+# it, or point NBSHIP_LOG_URL at PostgreSQL); the host's registry path means nothing
+# here: NBSHIP_REGISTRY_URL names a shared one
 ENV PATH=/opt/venv/bin:$PATH \\
     BENTOML_HOME=/home/bento/bentoml \\
     BENTOML_DO_NOT_TRACK=true \\
+    NBSHIP_LOG_URL=sqlite:////var/lib/nbship/prediction_log.db \\
+    NBSHIP_LOG_SPOOL=/var/lib/nbship/spool \\
     PYTHONUNBUFFERED=1
+VOLUME /var/lib/nbship
 # A server that compiles its imports at every start is slow to become ready; compiling
 # the whole venv costs ~80 MB. So start the server once here: exactly what it imports
 # gets compiled.
@@ -225,7 +232,7 @@ WARMUP = """\
 # imports (the model's modules included: they load at start) is written, then stop it.
 import os, signal, subprocess, sys, time, urllib.request
 
-env = {**os.environ, "BENTOML_HOME": "/tmp/warmup-home"}
+env = {**os.environ, "BENTOML_HOME": "/tmp/warmup-home", "NBSHIP_LOG_URL": "off"}
 cmd = ["bentoml", "serve", "/home/bento/bento", "--host", "127.0.0.1", "--port", "3999"]
 proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 deadline = time.monotonic() + 120

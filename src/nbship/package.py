@@ -37,7 +37,9 @@ SERVING_MODULES = (
     "compiled.py",
     "contract.py",
     "model_store.py",
+    "prediction_log.py",
     "registry.py",
+    "request_log.py",
     "serving.py",
 )
 # Distributions whose exact versions are recorded with every model.
@@ -188,6 +190,24 @@ def build_bento(staging: Path) -> str:
     return tag
 
 
+def log_settings(project_dir: Path, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """env.yaml's `prediction_log` with its SQLite file and spool made absolute, as the
+    bento's server reads them (NBSHIP_LOG_URL / NBSHIP_LOG_SPOOL override at serve time)."""
+    from sqlalchemy.engine import make_url
+
+    settings = dict(settings or {})
+    url = make_url(str(settings.get("url") or "sqlite:///prediction_log.db"))
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database and not Path(database).is_absolute():
+        url = url.set(database=str(project_dir.resolve() / database))
+    spool = Path(str(settings.get("spool") or ".nbship/spool"))
+    return {
+        "url": url.render_as_string(hide_password=False),
+        "spool": str(spool if spool.is_absolute() else project_dir.resolve() / spool),
+        "retention_days": settings.get("retention_days"),
+    }
+
+
 def published_link(project_dir: Path, env: Mapping[str, Any]) -> Path:
     """Where a project publishes its current bento: `<bentos>/<bento name>` (a symlink)."""
     return project_dir.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
@@ -255,6 +275,7 @@ def package_winner(
     train_path: str | Path | None = None,
     test_path: str | Path | None = None,
     cards_dir: str | Path | None = None,
+    prediction_log: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Store and build the chosen model, register it, gate it against the champion, and
     publish its bento only when it becomes champion; returns what was done."""
@@ -312,6 +333,7 @@ def package_winner(
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
         "model_files": artifact["files"],
         "compiled": compiled,
+        "prediction_log": log_settings(project, prediction_log),
         "registry_url": url,
         "model_store": store_url,
     }

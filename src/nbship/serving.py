@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,9 +30,13 @@ from . import model_store
 from .batching import MicroBatcher
 from .compiled import CompiledModel, UnsupportedModel, compile_model
 from .contract import Contract, load_suite, record_model
+from .prediction_log import PredictionLog
 from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
+from .request_log import RequestLogMiddleware
 
 CONFIG_FILE = "serving.json"
+LOG_URL_ENV = "NBSHIP_LOG_URL"  # "off" turns the prediction log off
+LOG_SPOOL_ENV = "NBSHIP_LOG_SPOOL"
 # under "bentoml" so the server's own log configuration shows it (INFO and up)
 logger = logging.getLogger("bentoml.nbship")
 
@@ -143,6 +148,28 @@ def resolve_model(config: dict[str, Any]) -> ServedModel:
     return with_plan(served, config.get("compiled"), config["columns"])
 
 
+def open_log(config: dict[str, Any]) -> PredictionLog | None:
+    """The prediction log of this process, or None when it is off or cannot start (the
+    service then answers without logging, and says so in its log)."""
+    settings = config.get("prediction_log") or {}
+    url = os.environ.get(LOG_URL_ENV) or settings.get("url")
+    spool = os.environ.get(LOG_SPOOL_ENV) or settings.get("spool")
+    if not url or url == "off" or not spool:
+        logger.warning("prediction log off (%s=%r)", LOG_URL_ENV, url)
+        return None
+    retention = settings.get("retention_days")
+    try:
+        log = PredictionLog(
+            url, spool, retention=timedelta(days=retention) if retention else None
+        ).start()
+    # a log that cannot start must not stop the service from answering
+    except Exception as exc:
+        logger.error("prediction log off: cannot start it at %s (%s)", spool, exc)
+        return None
+    logger.info("prediction log: %s (spool %s)", log, spool)
+    return log
+
+
 class Prediction(BaseModel):
     label: str = Field(description="the predicted class")
     probabilities: dict[str, float] = Field(description="probability of each class")
@@ -239,6 +266,7 @@ NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
 # The model this process serves; set by the service at start, read by /info.
 SERVED: ServedModel | None = None
 BATCHER: MicroBatcher | None = None
+LOG: PredictionLog | None = None
 
 
 async def info(_: Request) -> JSONResponse:
@@ -270,8 +298,9 @@ class ModelService:
     model_ref = bentoml.models.BentoModel(CONFIG["model_tag"])
 
     def __init__(self) -> None:
-        global SERVED, BATCHER
+        global SERVED, BATCHER, LOG
         SERVED = resolve_model(CONFIG)
+        LOG = open_log(CONFIG)
         logger.info("serving %s from the %s (%s)", SERVED.tag, SERVED.source, SERVED.reason)
         logger.info("inference: %s", SERVED.inference)
         self.tag = SERVED.tag
@@ -303,6 +332,11 @@ class ModelService:
             ],
         )
 
+    @bentoml.on_shutdown
+    def close_log(self) -> None:
+        if LOG is not None:
+            LOG.close(timeout=5)  # what is not delivered stays in the spool for the next start
+
     def proba(self, records: list[Any]) -> np.ndarray:
         """Class probabilities: the compiled plan on columns when it was verified, else
         the scikit-learn pipeline on a DataFrame."""
@@ -324,3 +358,11 @@ class ModelService:
                 for c in self.columns
             }
         )
+
+
+ModelService.add_asgi_middleware(
+    RequestLogMiddleware,
+    log=lambda: LOG,
+    routes={"/predict": "predict"},
+    model_tag=lambda: SERVED.tag if SERVED else None,
+)

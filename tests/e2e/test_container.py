@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -123,3 +124,36 @@ def test_sigterm_lets_in_flight_requests_finish(container_image, container_setti
     assert 200 in in_flight, f"no request in flight at SIGTERM finished: {timeline}"
     assert {o for _, _, o in results if isinstance(o, int)} == {200}, timeline
     assert state["ExitCode"] == 0, state
+
+
+def test_the_container_logs_requests_in_its_own_folder(container_image, container_settings):
+    port = free_port()
+    container_id = run_container(container_image.image, port, container_settings)
+    url = f"http://127.0.0.1:{port}"
+    env = podman_env(container_settings)
+    script = (
+        "import sqlite3, time\n"
+        "for _ in range(60):\n"
+        "    try:\n"
+        "        db = sqlite3.connect('/var/lib/nbship/prediction_log.db')\n"
+        "        print(','.join(r[0] for r in db.execute("
+        "'select request_id from prediction_log order by request_id')))\n"
+        "        break\n"
+        "    except sqlite3.OperationalError:\n"
+        "        time.sleep(0.5)\n"
+    )
+    try:
+        wait_http(f"{url}/readyz", timeout=90)
+        ids = sorted(
+            httpx.post(f"{url}/predict", json=body, timeout=10).headers["x-request-id"]
+            for body in ([], {"island": "Atlantis"})
+        )
+        for _ in range(20):  # delivery runs about once a second
+            result = subprocess.run(["podman", "exec", container_id, "python3", "-c", script],
+                                    env=env, capture_output=True, text=True)  # fmt: skip
+            if result.stdout.strip() == ",".join(ids):
+                break
+            time.sleep(0.5)
+    finally:
+        stop_container(container_id, container_settings)
+    assert result.stdout.strip() == ",".join(ids), result.stderr

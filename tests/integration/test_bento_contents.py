@@ -66,7 +66,9 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
         "compiled.py",
         "contract.py",
         "model_store.py",
+        "prediction_log.py",
         "registry.py",
+        "request_log.py",
         "serving.py",
     ]
 

@@ -1,0 +1,116 @@
+"""`nbship log ...`: query, export and prune the prediction log.
+
+The database is env.yaml's `prediction_log.url` (relative SQLite paths from the project
+folder); `NBSHIP_LOG_URL` overrides it, as it does for the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_options import PROJECT_OPTION
+
+TIME = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
+
+
+def log_url(project: Path) -> str:
+    from .package import log_settings
+    from .pipeline import read_env
+
+    if url := os.environ.get("NBSHIP_LOG_URL"):
+        return url
+    try:
+        env = read_env(project)
+    except FileNotFoundError:
+        env = {}
+    return log_settings(project, (env or {}).get("prediction_log"))["url"]
+
+
+def _filters(since: datetime | None, until: datetime | None, model: str | None,
+             status: str | None) -> dict[str, Any]:  # fmt: skip
+    # times on the command line are UTC, like the log's
+    return {
+        "since": since.replace(tzinfo=UTC) if since else None,
+        "until": until.replace(tzinfo=UTC) if until else None,
+        "model_tag": model,
+        "status": status,
+    }
+
+
+FILTERS = [
+    click.option("--since", type=TIME, default=None, help="From this UTC time (inclusive)."),
+    click.option("--until", type=TIME, default=None, help="Up to this UTC time (exclusive)."),
+    click.option("--model", default=None, help="Only requests answered by this model tag."),
+    click.option("--status", type=click.Choice(["ok", "error"]), default=None, help="Only these."),
+]
+
+
+def with_filters(func):  # a click decorator
+    for option in reversed(FILTERS):
+        func = option(func)
+    return func
+
+
+@click.group()
+def log() -> None:
+    """The prediction log: every request the service answered or refused."""
+
+
+@log.command()
+@PROJECT_OPTION
+@with_filters
+@click.option("--last", "-n", default=20, show_default=True, help="How many, newest first.")
+def show(project: Path, since, until, model, status, last: int) -> None:
+    """The latest logged requests as a table."""
+    from .models_cli import table
+    from .prediction_log import read_log
+
+    frame = read_log(log_url(project), **_filters(since, until, model, status))
+    if frame.empty:
+        click.echo("No logged requests.")
+        return
+    frame = frame.sort_values("ts", ascending=False).head(last)
+    rows = [
+        [r.ts.strftime("%Y-%m-%d %H:%M:%S"), r.request_id, r.model_tag or "-", r.status,
+         r.http_status, r.n_records, f"{r.latency_ms:.1f}",
+         (r.error_message or json.dumps(r.outputs))[:60]]
+        for r in frame.itertuples()
+    ]  # fmt: skip
+    headers = ["TIME (UTC)", "REQUEST ID", "MODEL", "STATUS", "HTTP", "ROWS", "MS", "ANSWER"]
+    click.echo(table(headers, rows))
+
+
+@log.command()
+@PROJECT_OPTION
+@with_filters
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    help="A .csv or .parquet file (written whole or not at all).",
+)  # fmt: skip
+def export(project: Path, since, until, model, status, output: Path) -> None:
+    """Write the logged requests to CSV or Parquet."""
+    from .prediction_log import export_log
+
+    try:
+        n = export_log(log_url(project), output, **_filters(since, until, model, status))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{n} request(s) written to {output}")
+
+
+@log.command()
+@PROJECT_OPTION
+@click.option("--older-than-days", type=click.FloatRange(min=0), required=True,
+              help="Delete requests logged more than this many days ago.")  # fmt: skip
+def purge(project: Path, older_than_days: float) -> None:
+    """Delete old requests (the server also applies `retention_days` hourly)."""
+    from .prediction_log import purge as purge_log
+
+    n = purge_log(log_url(project), timedelta(days=older_than_days))
+    click.echo(f"{n} request(s) deleted")

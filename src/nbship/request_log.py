@@ -1,0 +1,132 @@
+"""The service side of the prediction log: an ASGI middleware that gives every request
+to the logged routes an id (the `x-request-id` response header) and records it after
+the response has been sent, failures (validation errors included) as well as answers.
+
+The request and response bodies are captured as they pass; they are decoded only after
+the client has its answer, and `PredictionLog.record` only appends a line to a local
+spool, so the request path pays for neither the decoding nor the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .prediction_log import LogEntry, PredictionLog, new_request_id
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEADER = b"x-request-id"
+logger = logging.getLogger("bentoml.nbship.log")
+
+
+def _decode(body: bytes) -> Any:
+    """The JSON of a body; text (cut) when it is not JSON, e.g. a malformed request."""
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return body[:2000].decode("utf-8", "replace")
+
+
+def entry_for(
+    *,
+    request_id: str,
+    started: datetime,
+    latency_ms: float,
+    kind: str,
+    status: int,
+    request_body: bytes,
+    response_body: bytes,
+    model_tag: str | None,
+) -> LogEntry:
+    """One log entry from what passed over the wire."""
+    inputs = _decode(request_body)
+    answer = _decode(response_body)
+    n_records = len(inputs) if isinstance(inputs, list) else (1 if inputs is not None else 0)
+    if 200 <= status < 300 and isinstance(answer, dict):
+        return LogEntry(
+            request_id=request_id, ts=started, kind=kind,
+            model_tag=answer.get("model", model_tag), inputs=inputs,
+            outputs=answer.get("predictions"), latency_ms=latency_ms, status="ok",
+            http_status=status, n_records=n_records,
+        )  # fmt: skip
+    error_class = "ValidationError" if 400 <= status < 500 else "ServerError"
+    message = json.dumps(answer) if not isinstance(answer, str) else answer
+    return LogEntry(
+        request_id=request_id, ts=started, kind=kind, model_tag=model_tag, inputs=inputs,
+        outputs=None, latency_ms=latency_ms, status="error", http_status=status,
+        error_class=error_class, error_message=message, n_records=n_records,
+    )  # fmt: skip
+
+
+class RequestLogMiddleware:
+    """Logs POSTs to `routes` ({path: kind}) into `log`; `model_tag()` names the model
+    serving now (for failures, whose response does not say)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        log: Callable[[], PredictionLog | None],
+        routes: dict[str, str],
+        model_tag: Callable[[], str | None],
+    ) -> None:
+        self.app = app
+        self.log = log
+        self.routes = routes
+        self.model_tag = model_tag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if kind is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        request_chunks: list[bytes] = []
+        response_chunks: list[bytes] = []
+        status = 500
+
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                request_chunks.append(message.get("body", b""))
+            return message
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (HEADER, request_id.encode())]
+            elif message["type"] == "http.response.body":
+                response_chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive_logged, send_logged)
+        finally:
+            latency_ms = (time.perf_counter() - t0) * 1000
+            self._record(
+                request_id=request_id, started=started, latency_ms=latency_ms, kind=kind,
+                status=status, request_body=b"".join(request_chunks),
+                response_body=b"".join(response_chunks),
+            )  # fmt: skip
+
+    def _record(self, **fields: Any) -> None:
+        log = self.log()
+        if log is None:
+            return
+        try:
+            log.record(entry_for(**fields, model_tag=self.model_tag()))
+        # logging must never fail a request that was already answered
+        except Exception:
+            logger.exception("could not log request %s", fields.get("request_id"))
