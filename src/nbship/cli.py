@@ -191,11 +191,12 @@ def k8s(project: Path, output: Path | None) -> None:
 
 
 def _register_groups() -> None:
-    from .log_cli import log
+    from .log_cli import log, monitor
     from .models_cli import models
 
     main.add_command(models)
     main.add_command(log)
+    main.add_command(monitor)
 
 
 _register_groups()

@@ -114,3 +114,46 @@ def purge(project: Path, older_than_days: float) -> None:
 
     n = purge_log(log_url(project), timedelta(days=older_than_days))
     click.echo(f"{n} request(s) deleted")
+
+
+@click.command()
+@PROJECT_OPTION
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0,
+              show_default=True, help="The period: this many hours up to now.")  # fmt: skip
+@click.option("--model", default=None, help="Whose training data is the reference "
+              "(default: the champion).")  # fmt: skip
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The HTML report (default: <root>/monitor.html).")  # fmt: skip
+def monitor(project: Path, hours: float, model: str | None, output: Path | None) -> None:
+    """Drift, data quality, prediction mix, latency and errors of the logged traffic:
+    an HTML report, and the alert rules of env.yaml's `monitoring` checked and sent."""
+    from .alerts import ConfigError, parse_config
+    from .models_cli import _env, _registry
+    from .monitor import run_monitor
+
+    env = _env(project)
+    try:
+        config = parse_config(env.get("monitoring"))
+    except ConfigError as exc:
+        raise click.ClickException(f"env.yaml: {exc}") from exc
+    with _registry(project) as registry:
+        name = (env.get("bento") or {}).get("name", "")
+        version = registry.get(model) if model else registry.alias(name, "champion")
+        if version is None:
+            raise click.ClickException(f"no champion for {name!r}: run `nbship build` first")
+    profile = version.extra.get("drift_profile")
+    if not profile:
+        raise click.ClickException(f"{version.tag} has no training reference (drift profile)")
+    until = datetime.now(UTC)
+    root = project.resolve() / str(env.get("root", "build"))
+    suite = env.get("suite")
+    result = run_monitor(
+        log_url(project), profile, config, until - timedelta(hours=hours), until,
+        output or root / "monitor.html",
+        suite_path=project.resolve() / suite if suite else None,
+    )  # fmt: skip
+    requests = sum(w.get("requests") or 0 for w in result.windows)
+    click.echo(f"{requests} request(s) in {len(result.windows)} window(s) against {version.tag}")
+    for alert in result.alerts:
+        click.echo(f"ALERT {alert.message}")
+    click.echo(str(result.report_path))

@@ -36,6 +36,8 @@ SERVING_MODULES = (
     "batching.py",
     "compiled.py",
     "contract.py",
+    "drift.py",
+    "live_metrics.py",
     "model_store.py",
     "prediction_log.py",
     "registry.py",
@@ -291,13 +293,21 @@ def package_winner(
     store_url = store.store_url(project, {"model_store": {"url": model_store}})
 
     from .compiled import compile_and_verify
+    from .drift import reference_profile
 
     model = read_model(model_path)
-    columns = Features.from_params(features).columns
+    feature_set = Features.from_params(features)
+    columns = feature_set.columns
     # the compiled plan ships only when it matches scikit-learn on the held-out rows
     checked = [pd.read_parquet(p) for p in (test_path, golden_path) if p]
     _, compiled = compile_and_verify(model, columns, checked)
     print(f"inference path: {compiled['message']}")
+    # the training reference that live traffic is compared with (drift, prediction mix)
+    profile = None
+    if train_path:
+        profile = reference_profile(
+            pd.read_parquet(train_path), feature_set.numeric, feature_set.categorical, target=target
+        )
     metadata = {
         "candidate": candidate["candidate"],
         "params": candidate["params"],
@@ -333,6 +343,7 @@ def package_winner(
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
         "model_files": artifact["files"],
         "compiled": compiled,
+        "drift_profile": profile,
         "prediction_log": log_settings(project, prediction_log),
         "registry_url": url,
         "model_store": store_url,
@@ -351,7 +362,8 @@ def package_winner(
     with Registry(url) as registry:
         verdict = register_and_gate(
             registry=registry, tag=model_tag, bento_tag=bento_tag,
-            metadata={**metadata, "artifact": artifact, "compiled": compiled},
+            metadata={**metadata, "artifact": artifact, "compiled": compiled,
+                      "drift_profile": profile},
             model=model, golden=pd.read_parquet(golden_path), columns=columns,
             gate_config={**(gates or {}), "metric": choice["metric"]},
         )  # fmt: skip

@@ -2,9 +2,10 @@
 to the logged routes an id (the `x-request-id` response header) and records it after
 the response has been sent, failures (validation errors included) as well as answers.
 
-The request and response bodies are captured as they pass; they are decoded only after
-the client has its answer, and `PredictionLog.record` only appends a line to a local
-spool, so the request path pays for neither the decoding nor the database.
+The request and response bodies are captured as they pass and the entry is recorded just
+before the last byte of the answer goes out, so every answered request is logged.
+`PredictionLog.record` only appends a line to a local spool: the request path pays for
+decoding the bodies and one write, never for the database.
 """
 
 from __future__ import annotations
@@ -78,11 +79,13 @@ class RequestLogMiddleware:
         log: Callable[[], PredictionLog | None],
         routes: dict[str, str],
         model_tag: Callable[[], str | None],
+        observe: Callable[[LogEntry], None] | None = None,
     ) -> None:
         self.app = app
         self.log = log
         self.routes = routes
         self.model_tag = model_tag
+        self.observe = observe  # also sees every entry (live metrics), log on or off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -102,6 +105,17 @@ class RequestLogMiddleware:
                 request_chunks.append(message.get("body", b""))
             return message
 
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
+            self._record(
+                request_id=request_id, started=started, kind=kind, status=status,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                request_body=b"".join(request_chunks), response_body=b"".join(response_chunks),
+            )  # fmt: skip
+
         async def send_logged(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -109,24 +123,28 @@ class RequestLogMiddleware:
                 message["headers"] = [*message.get("headers", []), (HEADER, request_id.encode())]
             elif message["type"] == "http.response.body":
                 response_chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # in the spool before the client has the last byte: an answered
+                    # request is a logged one, even if the process is killed right after
+                    record()
             await send(message)
 
         try:
             await self.app(scope, receive_logged, send_logged)
         finally:
-            latency_ms = (time.perf_counter() - t0) * 1000
-            self._record(
-                request_id=request_id, started=started, latency_ms=latency_ms, kind=kind,
-                status=status, request_body=b"".join(request_chunks),
-                response_body=b"".join(response_chunks),
-            )  # fmt: skip
+            if not recorded:  # the app failed before answering
+                record()
 
     def _record(self, **fields: Any) -> None:
         log = self.log()
-        if log is None:
+        if log is None and self.observe is None:
             return
         try:
-            log.record(entry_for(**fields, model_tag=self.model_tag()))
+            entry = entry_for(**fields, model_tag=self.model_tag())
+            if log is not None:
+                log.record(entry)
+            if self.observe is not None:
+                self.observe(entry)
         # logging must never fail a request that was already answered
         except Exception:
             logger.exception("could not log request %s", fields.get("request_id"))

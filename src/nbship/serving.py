@@ -30,6 +30,7 @@ from . import model_store
 from .batching import MicroBatcher
 from .compiled import CompiledModel, UnsupportedModel, compile_model
 from .contract import Contract, load_suite, record_model
+from .live_metrics import LiveMetrics
 from .prediction_log import PredictionLog
 from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
 from .request_log import RequestLogMiddleware
@@ -79,7 +80,7 @@ def with_plan(
 
 def version_metadata(version: ModelVersion) -> dict[str, Any]:
     """What /info shows of a registered version: the metadata the bento would carry."""
-    extra = {k: v for k, v in version.extra.items() if k != "artifact"}
+    extra = {k: v for k, v in version.extra.items() if k not in ("artifact", "drift_profile")}
     return {
         **extra,
         "candidate": version.candidate,
@@ -267,6 +268,7 @@ NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
 SERVED: ServedModel | None = None
 BATCHER: MicroBatcher | None = None
 LOG: PredictionLog | None = None
+METRICS = LiveMetrics(CONFIG.get("drift_profile"), CONFIG["columns"])
 
 
 async def info(_: Request) -> JSONResponse:
@@ -303,6 +305,7 @@ class ModelService:
         LOG = open_log(CONFIG)
         logger.info("serving %s from the %s (%s)", SERVED.tag, SERVED.source, SERVED.reason)
         logger.info("inference: %s", SERVED.inference)
+        METRICS.serving(SERVED.tag, SERVED.source, SERVED.inference)
         self.tag = SERVED.tag
         self.model = SERVED.model
         self.plan = SERVED.plan
@@ -365,4 +368,5 @@ ModelService.add_asgi_middleware(
     log=lambda: LOG,
     routes={"/predict": "predict"},
     model_tag=lambda: SERVED.tag if SERVED else None,
+    observe=METRICS.observe,
 )

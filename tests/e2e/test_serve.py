@@ -204,6 +204,21 @@ def test_concurrent_distinct_records_each_get_their_own_answer(server: str, buil
     assert after["model_calls"] - before["model_calls"] <= len(records)
 
 
+def test_metrics_count_classes_fields_model_and_drift(server: str, built_project: Project):
+    test = pd.read_parquet(built_project.root / "data" / "test.parquet")
+    records = json.loads(test[list(RECORD)].to_json(orient="records"))
+    answers = post(server, (records * 3)[:150]).json()["predictions"]  # >= 100: drift updates
+    post(server, {**RECORD, "island": "Atlantis"})
+    text = httpx.get(f"{server}/metrics", timeout=10).text
+    tag = json.loads((built_project.root / "package.json").read_text())["model_tag"]
+    label = answers[0]["label"]
+    assert f'nbship_predictions_total{{label="{label}",model_tag="{tag}"}}' in text
+    assert 'nbship_validation_failures_total{field="island"}' in text
+    assert f'model_tag="{tag}"' in text and "nbship_model_info{" in text
+    # gauges carry a pid label too (BentoML's multiprocess mode)
+    assert 'nbship_feature_drift_psi{feature="body_mass_g",' in text
+
+
 def test_openapi_shows_every_field_with_type_and_rule(server: str):
     spec = httpx.get(f"{server}/docs.json", timeout=10).json()
     text = json.dumps(spec)

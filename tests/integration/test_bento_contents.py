@@ -65,6 +65,8 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
         "batching.py",
         "compiled.py",
         "contract.py",
+        "drift.py",
+        "live_metrics.py",
         "model_store.py",
         "prediction_log.py",
         "registry.py",

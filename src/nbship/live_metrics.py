@@ -1,0 +1,93 @@
+"""Prometheus metrics of the served model, beyond BentoML's request metrics: predictions
+per class, validation failures per field, which model serves, and drift per feature over
+the most recent inputs. Fed from the prediction log's entries (`observe`), so they count
+exactly what the log records. Shipped in the bento; exposed on BentoML's /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import bentoml
+
+from .drift import feature_drift
+from .prediction_log import LogEntry
+
+# drift is recomputed every this many new records, over the last WINDOW records
+WINDOW = 500
+EVERY = 100
+
+PREDICTIONS = bentoml.metrics.Counter(
+    name="nbship_predictions",
+    documentation="Records answered, by model tag and predicted class",
+    labelnames=["model_tag", "label"],
+)
+VALIDATION_FAILURES = bentoml.metrics.Counter(
+    name="nbship_validation_failures",
+    documentation="Rejected input records, by the field that broke a rule",
+    labelnames=["field"],
+)
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="nbship_model_info",
+    documentation="1 for the model serving now (tag, where it came from, inference path)",
+    labelnames=["model_tag", "source", "inference"],
+)
+DRIFT_PSI = bentoml.metrics.Gauge(
+    name="nbship_feature_drift_psi",
+    documentation=f"PSI of each feature over the last {WINDOW} records vs the training data",
+    labelnames=["feature"],
+)
+DRIFTED = bentoml.metrics.Gauge(
+    name="nbship_feature_drifted",
+    documentation="1 when the feature's drift is also significant (see nbship.drift)",
+    labelnames=["feature"],
+)
+
+
+def failed_fields(error_message: str | None) -> list[str]:
+    """The fields named by a 400's `detail[].loc` (the last name in each location)."""
+    try:
+        detail = json.loads(error_message or "").get("detail") or []
+    except (ValueError, AttributeError):
+        return []
+    fields = []
+    for error in detail if isinstance(detail, list) else []:
+        names = [p for p in (error.get("loc") or []) if isinstance(p, str)]
+        fields.append(names[-1] if names else "body")
+    return fields
+
+
+class LiveMetrics:
+    def __init__(self, profile: Mapping[str, Any] | None, columns: Sequence[str]) -> None:
+        self.profile = profile
+        self.columns = list(columns)
+        self.recent: deque[Mapping[str, Any]] = deque(maxlen=WINDOW)
+        self.since_drift = 0
+
+    def serving(self, tag: str, source: str, inference: str) -> None:
+        MODEL_INFO.clear()
+        MODEL_INFO.labels(model_tag=tag, source=source, inference=inference[:80]).set(1)
+
+    def observe(self, entry: LogEntry) -> None:
+        if entry.status != "ok":
+            for field in failed_fields(entry.error_message):
+                VALIDATION_FAILURES.labels(field=field).inc()
+            return
+        for prediction in entry.outputs or []:
+            PREDICTIONS.labels(model_tag=entry.model_tag or "", label=prediction["label"]).inc()
+        records = entry.inputs if isinstance(entry.inputs, list) else [entry.inputs]
+        self.recent.extend(r for r in records if isinstance(r, dict))
+        self.since_drift += len(records)
+        if self.profile and self.since_drift >= EVERY:
+            self.since_drift = 0
+            self.update_drift()
+
+    def update_drift(self) -> None:
+        live = {c: [r.get(c) for r in self.recent] for c in self.columns}
+        for feature, result in feature_drift(self.profile, live).items():
+            if result.get("psi") is not None:
+                DRIFT_PSI.labels(feature=feature).set(result["psi"])
+            DRIFTED.labels(feature=feature).set(1 if result.get("drifted") else 0)
