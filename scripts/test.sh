@@ -6,6 +6,8 @@ source scripts/bootstrap.sh
 bash scripts/install-container-tools.sh
 # the registry tests run against a real PostgreSQL server as well as SQLite
 bash scripts/install-postgresql.sh
+# the dashboard is tested in Debian's headless chromium (selenium + chromedriver)
+bash scripts/install-browser.sh
 uv run ruff check .
 uv run ruff format --check .
 uv run pytest "$@"

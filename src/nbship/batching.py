@@ -16,17 +16,20 @@ class MicroBatcher:
 
     The first pending request schedules a flush with `call_soon`, so a lone request waits
     for nothing; under concurrency, every request parsed before the flush runs joins it.
-    Each caller gets its own rows back, in order.
+    `predict(rows)` returns `(what answered, one row of output per input row)`; each
+    caller gets `(what answered, its own rows)`, in order.
     """
 
-    def __init__(self, predict: Callable[[list[Any]], np.ndarray], max_rows: int) -> None:
+    def __init__(
+        self, predict: Callable[[list[Any]], tuple[Any, np.ndarray]], max_rows: int
+    ) -> None:
         self.predict = predict
         self.max_rows = max_rows
-        self.pending: list[tuple[list[Any], asyncio.Future[np.ndarray]]] = []
+        self.pending: list[tuple[list[Any], asyncio.Future[tuple[Any, np.ndarray]]]] = []
         self.requests = 0
         self.calls = 0  # model calls made: fewer than requests when batching happens
 
-    async def __call__(self, records: list[Any]) -> np.ndarray:
+    async def __call__(self, records: list[Any]) -> tuple[Any, np.ndarray]:
         self.requests += 1
         future = asyncio.get_running_loop().create_future()
         if not self.pending:
@@ -46,10 +49,10 @@ class MicroBatcher:
                 rows += len(batch[-1][0])
             self._run(batch)
 
-    def _run(self, batch: list[tuple[list[Any], asyncio.Future[np.ndarray]]]) -> None:
+    def _run(self, batch: list[tuple[list[Any], asyncio.Future[tuple[Any, np.ndarray]]]]) -> None:
         self.calls += 1
         try:
-            proba = self.predict([r for records, _ in batch for r in records])
+            answered, proba = self.predict([r for records, _ in batch for r in records])
         except Exception as exc:  # every waiting caller gets the model's error
             for _, future in batch:
                 if not future.done():
@@ -58,5 +61,5 @@ class MicroBatcher:
         start = 0
         for records, future in batch:
             if not future.done():  # a caller that gave up (disconnect) is skipped
-                future.set_result(proba[start : start + len(records)])
+                future.set_result((answered, proba[start : start + len(records)]))
             start += len(records)

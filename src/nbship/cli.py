@@ -90,6 +90,41 @@ def lab(ctx: click.Context, project: Path) -> None:
     os.execv(jupyter, [str(jupyter), "lab", f"--config={config}", *ctx.args])
 
 
+@main.command()
+@PROJECT_OPTION
+@click.option("--port", default=8001, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--window-minutes", type=float, default=5.0, show_default=True, help="Window.")
+@click.option("--period-hours", type=float, default=24.0, show_default=True, help="Period shown.")
+def dashboard(
+    project: Path, port: int, host: str, window_minutes: float, period_hours: float
+) -> None:
+    """Live dashboard of the served model: versions, traffic, latency, errors, drift."""
+    from datetime import timedelta
+
+    from .alerts import ConfigError, parse_config
+    from .dashboard import LOCAL_HOSTS, create_app, serve_dashboard
+    from .log_cli import log_url
+    from .pipeline import read_env
+    from .registry import registry_url
+
+    root = project.resolve()
+    env = read_env(root)
+    try:
+        monitoring = parse_config(env.get("monitoring"))
+    except ConfigError as exc:
+        raise click.ClickException(f"env.yaml: {exc}") from exc
+    app = create_app(
+        registry_url=registry_url(root, env), log_url=log_url(root),
+        model_name=env["bento"]["name"], profile=None,  # the champion's stored drift_profile
+        window=timedelta(minutes=window_minutes), period=timedelta(hours=period_hours),
+        min_rows=monitoring.min_rows, psi_threshold=monitoring.psi_threshold,
+        pvalue_threshold=monitoring.pvalue_threshold,
+        allowed_hosts=LOCAL_HOSTS if host in LOCAL_HOSTS else ["*"],
+    )  # fmt: skip
+    serve_dashboard(app, host=host, port=port)
+
+
 def _published_bento(project: Path) -> Path:
     from .package import published_link
     from .pipeline import read_env

@@ -7,6 +7,7 @@ exactly what the log records. Shipped in the bento; exposed on BentoML's /metric
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,9 +17,11 @@ import bentoml
 from .drift import feature_drift
 from .prediction_log import LogEntry
 
-# drift is recomputed every this many new records, over the last WINDOW records
+# drift is recomputed over the last WINDOW records, after EVERY new records and at most
+# once per MIN_SECONDS: a recomputation costs a few ms of the request loop
 WINDOW = 500
 EVERY = 100
+MIN_SECONDS = 5.0
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="nbship_predictions",
@@ -66,6 +69,7 @@ class LiveMetrics:
         self.columns = list(columns)
         self.recent: deque[Mapping[str, Any]] = deque(maxlen=WINDOW)
         self.since_drift = 0
+        self.last_drift = float("-inf")
 
     def serving(self, tag: str, source: str, inference: str) -> None:
         MODEL_INFO.clear()
@@ -81,8 +85,9 @@ class LiveMetrics:
         records = entry.inputs if isinstance(entry.inputs, list) else [entry.inputs]
         self.recent.extend(r for r in records if isinstance(r, dict))
         self.since_drift += len(records)
-        if self.profile and self.since_drift >= EVERY:
-            self.since_drift = 0
+        now = time.monotonic()
+        if self.profile and self.since_drift >= EVERY and now - self.last_drift >= MIN_SECONDS:
+            self.since_drift, self.last_drift = 0, now
             self.update_drift()
 
     def update_drift(self) -> None:

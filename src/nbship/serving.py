@@ -7,9 +7,12 @@ expectations suite shipped beside it. Nothing here imports the training stack.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +41,8 @@ from .request_log import RequestLogMiddleware
 CONFIG_FILE = "serving.json"
 LOG_URL_ENV = "NBSHIP_LOG_URL"  # "off" turns the prediction log off
 LOG_SPOOL_ENV = "NBSHIP_LOG_SPOOL"
+RELOAD_ENV = "NBSHIP_RELOAD_SECONDS"  # how often to ask the registry; 0 = never
+ADMIN_TOKEN_ENV = "NBSHIP_ADMIN_TOKEN"  # required by /admin/*; unset = admin routes off
 # under "bentoml" so the server's own log configuration shows it (INFO and up)
 logger = logging.getLogger("bentoml.nbship")
 
@@ -61,6 +66,10 @@ class ServedModel:
     # the numpy plan when the package step verified it for this model, else None
     plan: CompiledModel | None = None
     inference: str = "scikit-learn"
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.model.classes_]
 
 
 def with_plan(
@@ -113,40 +122,102 @@ def registry_champion(config: dict[str, Any]) -> tuple[ModelVersion | None, str]
     return champion, "registry champion"
 
 
-def resolve_model(config: dict[str, Any]) -> ServedModel:
-    """The registry's champion when it can be loaded and verified, else the bento's own
-    model (verified against the digests in serving.json); a bento whose own model fails
-    its check refuses to start."""
+class RefusedModel(RuntimeError):
+    """A champion this bento cannot serve: other columns, or artefacts that fail checks."""
+
+
+def own_model(config: dict[str, Any], reason: str) -> ServedModel:
+    """The model the bento was built with, verified against serving.json's digests."""
     own_tag = config["model_tag"]
-    champion, reason = registry_champion(config)
-    if champion is not None and champion.tag != own_tag:
-        features = champion.extra.get("features")
-        if features != config["columns"]:
-            reason = (
-                f"champion {champion.tag} takes columns {features},"
-                f" this bento serves {config['columns']}"
-            )
-        else:
-            artifact = dict(champion.extra.get("artifact") or {})
-            if store := os.environ.get(model_store.URL_ENV):
-                artifact["uri"] = model_store.archive_uri(store, champion.tag)
-            try:
-                model = model_store.load_verified(champion.tag, artifact)
-                served = ServedModel(
-                    champion.tag, model, "registry", reason, version_metadata(champion)
-                )
-                return with_plan(served, champion.extra.get("compiled"), config["columns"])
-            except (model_store.TamperedArtifactError, model_store.MissingArtifactError) as exc:
-                logger.error("refusing champion %s: %s", champion.tag, exc)
-                reason = f"champion {champion.tag} refused: {exc}"
     folder = model_store.local_dir(own_tag)
     if folder is None:
         raise model_store.MissingArtifactError(f"the bento's model {own_tag} is not in its store")
     model = model_store.load_dir(folder, config.get("model_files") or {}, own_tag)
-    if champion is not None and champion.tag == own_tag:
-        reason = "registry champion (the bento's own model)"
     served = ServedModel(own_tag, model, "bento", reason, config["metadata"])
     return with_plan(served, config.get("compiled"), config["columns"])
+
+
+def load_champion(champion: ModelVersion, config: dict[str, Any]) -> ServedModel:
+    """A registered version, ready to serve; RefusedModel when it cannot be."""
+    if champion.tag == config["model_tag"]:
+        return own_model(config, "registry champion (the bento's own model)")
+    features = champion.extra.get("features")
+    if features != config["columns"]:
+        raise RefusedModel(
+            f"champion {champion.tag} takes columns {features},"
+            f" this bento serves {config['columns']}"
+        )
+    artifact = dict(champion.extra.get("artifact") or {})
+    if store := os.environ.get(model_store.URL_ENV):
+        artifact["uri"] = model_store.archive_uri(store, champion.tag)
+    try:
+        model = model_store.load_verified(champion.tag, artifact)
+    except (model_store.TamperedArtifactError, model_store.MissingArtifactError) as exc:
+        raise RefusedModel(f"champion {champion.tag} refused: {exc}") from exc
+    served = ServedModel(
+        champion.tag, model, "registry", "registry champion", version_metadata(champion)
+    )
+    return with_plan(served, champion.extra.get("compiled"), config["columns"])
+
+
+def resolve_model(config: dict[str, Any]) -> ServedModel:
+    """The registry's champion when it can be loaded and verified, else the bento's own
+    model (verified against the digests in serving.json); a bento whose own model fails
+    its check refuses to start."""
+    champion, reason = registry_champion(config)
+    if champion is not None:
+        try:
+            return load_champion(champion, config)
+        except RefusedModel as exc:
+            logger.error("refusing champion %s: %s", champion.tag, exc)
+            reason = str(exc)
+    return own_model(config, reason)
+
+
+class Reloader:
+    """Follows the registry's champion: every `interval` seconds (and on /admin/reload)
+    it asks for the champion and, when it changed, loads and verifies it off the request
+    path and swaps it in with one reference assignment. A model that cannot be loaded is
+    refused and remembered (not retried until the champion changes again); the current
+    one keeps serving."""
+
+    def __init__(self, service: Any, interval: float) -> None:
+        self.service = service
+        self.interval = interval
+        self.refused: dict[str, str] = {}
+        self.lock = threading.Lock()  # one check at a time (timer and admin route)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self.thread = threading.Thread(target=self.run, name="champion-reload", daemon=True)
+            self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.check()
+
+    def check(self) -> dict[str, Any]:
+        with self.lock:
+            current = self.service.current
+            champion, why = registry_champion(CONFIG)
+            if champion is None or champion.tag == current.tag:
+                return {"model_tag": current.tag, "changed": False, "reason": why}
+            if champion.tag in self.refused:
+                return {"model_tag": current.tag, "changed": False,
+                        "reason": self.refused[champion.tag]}  # fmt: skip
+            try:
+                new = load_champion(champion, CONFIG)
+            except (RefusedModel, model_store.TamperedArtifactError,
+                    model_store.MissingArtifactError) as exc:  # fmt: skip
+                self.refused[champion.tag] = str(exc)
+                logger.error("refusing champion %s, still serving %s: %s", champion.tag,
+                             current.tag, exc)  # fmt: skip
+                return {"model_tag": current.tag, "changed": False, "reason": str(exc)}
+            self.service.swap(new)
+            logger.info("now serving %s (was %s; %s)", new.tag, current.tag, new.inference)
+            return {"model_tag": new.tag, "changed": True, "previous": current.tag}
 
 
 def open_log(config: dict[str, Any]) -> PredictionLog | None:
@@ -268,6 +339,7 @@ NUMERIC = {f.name for f in CONTRACT.fields if f.kind in ("number", "integer")}
 SERVED: ServedModel | None = None
 BATCHER: MicroBatcher | None = None
 LOG: PredictionLog | None = None
+RELOADER: Reloader | None = None
 METRICS = LiveMetrics(CONFIG.get("drift_profile"), CONFIG["columns"])
 
 
@@ -288,7 +360,27 @@ async def info(_: Request) -> JSONResponse:
     )
 
 
-info_app = Starlette(routes=[Route("/info", info, methods=["GET"])])
+async def admin_reload(request: Request) -> JSONResponse:
+    """Ask the registry for the champion now and switch to it if it changed."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    # compare_digest: the time taken does not tell how much of a guess was right
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        return JSONResponse(
+            {"detail": f"a valid bearer token is required (set {ADMIN_TOKEN_ENV} on the server)"},
+            status_code=401,
+        )
+    if RELOADER is None:
+        return JSONResponse({"detail": "the model is not loaded yet"}, status_code=503)
+    return JSONResponse(await asyncio.to_thread(RELOADER.check))
+
+
+info_app = Starlette(
+    routes=[
+        Route("/info", info, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+    ]
+)
 
 
 @bentoml.service(name=CONFIG["bento_name"], traffic={"timeout": 30}, workers=1)
@@ -300,18 +392,25 @@ class ModelService:
     model_ref = bentoml.models.BentoModel(CONFIG["model_tag"])
 
     def __init__(self) -> None:
-        global SERVED, BATCHER, LOG
-        SERVED = resolve_model(CONFIG)
+        global BATCHER, LOG, RELOADER
+        served = resolve_model(CONFIG)
         LOG = open_log(CONFIG)
-        logger.info("serving %s from the %s (%s)", SERVED.tag, SERVED.source, SERVED.reason)
-        logger.info("inference: %s", SERVED.inference)
-        METRICS.serving(SERVED.tag, SERVED.source, SERVED.inference)
-        self.tag = SERVED.tag
-        self.model = SERVED.model
-        self.plan = SERVED.plan
-        self.classes = [str(c) for c in self.model.classes_]
+        logger.info("serving %s from the %s (%s)", served.tag, served.source, served.reason)
         self.columns = list(CONFIG["columns"])
+        self.swap(served)
         self.batcher = BATCHER = MicroBatcher(self.proba, max_rows=CONFIG["max_batch"])
+        RELOADER = Reloader(
+            self, float(os.environ.get(RELOAD_ENV) or CONFIG.get("reload_seconds", 0))
+        )
+        RELOADER.start()
+
+    def swap(self, served: ServedModel) -> None:
+        """Makes `served` the model new requests use; a batch already being predicted
+        finishes on (and is answered with the tag of) the model it started with."""
+        global SERVED
+        self.current = SERVED = served
+        logger.info("inference: %s", served.inference)
+        METRICS.serving(served.tag, served.source, served.inference)
 
     # async on purpose: the model call is short and CPU-bound, and BentoML runs a sync
     # API in a thread pool limited to one thread, so the hop bought no concurrency and
@@ -320,13 +419,13 @@ class ModelService:
     async def predict(self, body: Any, /) -> PredictResponse:
         """Predicted label and class probabilities for one record or a list of records."""
         records = body if isinstance(body, list) else [body]
-        proba = await self.batcher(records)
+        served, proba = await self.batcher(records)
         best = np.argmax(proba, axis=1)
-        classes = self.classes
+        classes = served.classes
         # model_construct: the values come from the model, re-validating them per row
         # cost more than the prediction itself
         return PredictResponse.model_construct(
-            model=self.tag,
+            model=served.tag,
             predictions=[
                 Prediction.model_construct(
                     label=classes[i], probabilities=dict(zip(classes, row, strict=True))
@@ -337,17 +436,19 @@ class ModelService:
 
     @bentoml.on_shutdown
     def close_log(self) -> None:
+        if RELOADER is not None:
+            RELOADER.stop.set()
         if LOG is not None:
             LOG.close(timeout=5)  # what is not delivered stays in the spool for the next start
 
-    def proba(self, records: list[Any]) -> np.ndarray:
-        """Class probabilities: the compiled plan on columns when it was verified, else
-        the scikit-learn pipeline on a DataFrame."""
-        if self.plan is not None:
-            return self.plan.predict_proba(
-                {c: [getattr(r, c) for r in records] for c in self.columns}
-            )
-        return self.model.predict_proba(self.frame(records))
+    def proba(self, records: list[Any]) -> tuple[ServedModel, np.ndarray]:
+        """The model used and its class probabilities: the compiled plan on columns when
+        it was verified, else the scikit-learn pipeline on a DataFrame."""
+        served = self.current  # one read: a swap mid-call cannot mix two models
+        if served.plan is not None:
+            columns = {c: [getattr(r, c) for r in records] for c in self.columns}
+            return served, served.plan.predict_proba(columns)
+        return served, served.model.predict_proba(self.frame(records))
 
     def frame(self, records: list[Any]) -> pd.DataFrame:
         """Columnar construction: one list per column, not one dict per row. Nulls are

@@ -19,9 +19,9 @@ class Model:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def __call__(self, rows: list[int]) -> np.ndarray:
+    def __call__(self, rows: list[int]) -> tuple[str, np.ndarray]:
         self.calls.append(len(rows))
-        return np.array([[r, 2 * r] for r in rows], dtype=float)
+        return f"call-{len(self.calls)}", np.array([[r, 2 * r] for r in rows], dtype=float)
 
 
 def test_concurrent_callers_share_one_call_and_get_their_own_rows():
@@ -33,8 +33,8 @@ def test_concurrent_callers_share_one_call_and_get_their_own_rows():
         return requests, await asyncio.gather(*(batcher(r) for r in requests))
 
     requests, answers = asyncio.run(run())
-    for rows, answer in zip(requests, answers, strict=True):
-        assert answer.tolist() == [[r, 2 * r] for r in rows]
+    for rows, (answered, answer) in zip(requests, answers, strict=True):
+        assert answered == "call-1" and answer.tolist() == [[r, 2 * r] for r in rows]
     assert model.calls == [23]
     assert batcher.stats() == {"requests": 21, "model_calls": 1}
 
@@ -48,8 +48,9 @@ def test_a_lone_request_is_not_held_back():
         second = await batcher([2])
         return first, second
 
-    first, second = asyncio.run(run())
+    (by_first, first), (by_second, second) = asyncio.run(run())
     assert first.tolist() == [[1, 2]] and second.tolist() == [[2, 4]]
+    assert (by_first, by_second) == ("call-1", "call-2")
     assert model.calls == [1, 1]
 
 
@@ -61,7 +62,7 @@ def test_batches_never_exceed_max_rows():
         return await asyncio.gather(*(batcher([i, i + 1, i + 2]) for i in range(0, 30, 3)))
 
     answers = asyncio.run(run())
-    assert [a[:, 0].tolist() for a in answers] == [[i, i + 1, i + 2] for i in range(0, 30, 3)]
+    assert [a[:, 0].tolist() for _, a in answers] == [[i, i + 1, i + 2] for i in range(0, 30, 3)]
     assert max(model.calls) <= 5 and sum(model.calls) == 30
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -203,9 +204,7 @@ def test_entries_are_written_in_batches(store: Store, tmp_path: Path) -> None:
 
 def test_entries_and_failures_are_stored_as_given(store: Store, tmp_path: Path) -> None:
     naive = datetime(2026, 3, 1, 12, 30, 15, 250000)  # naive: taken as UTC
-    paris = datetime(2026, 3, 1, 14, 0, tzinfo=UTC).astimezone(
-        __import__("zoneinfo").ZoneInfo("Europe/Paris")
-    )
+    paris = datetime(2026, 3, 1, 14, 0, tzinfo=UTC).astimezone(ZoneInfo("Europe/Paris"))
     with PredictionLog(store.url, tmp_path / "spool") as log:
         assert log.record(entry("ok-1", ts=naive, i=1))
         assert log.record(entry("bad-1", ts=paris, failed=True, model_tag=None))

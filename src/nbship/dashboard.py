@@ -1,0 +1,944 @@
+"""The dashboard: one live web page of a model in service, served on 127.0.0.1.
+
+`create_app` makes a Starlette app with four routes:
+
+* `GET /` the page: the champion (id="champion"), headline numbers of the period
+  (requests, error rate, latency p50/p99), charts over the period's windows (traffic,
+  latency p50/p99, error rate, drift PSI per feature), the registered versions with their
+  aliases, the prediction mix against training, drift per feature and the alerts;
+* `GET /api/summary` the same numbers as JSON (see `build_summary`);
+* `GET /fragment` the page's live part (charts and tables) alone, for the refresh;
+* `GET /healthz` "ok".
+
+The numbers are `alerts.window_metrics` of each window of the prediction log (windows
+aligned to UTC by `monitor.window_bounds`, so they are the windows the alert rules see)
+and of the whole period. Drift compares the inputs of successful requests with the
+training reference profile: the one given, else the `drift_profile` the pipeline stored
+with the champion in the registry.
+
+The page works offline: charts are matplotlib SVG inlined in the HTML, the only script
+is inline (it re-reads /api/summary and /fragment every `refresh_seconds`), and a
+Content-Security-Policy (meta tag and header) lets nothing load from anywhere else.
+Every text is HTML-escaped. Nothing is written: the registry, the log and the alert
+store are only read (a missing SQLite file stays missing), and a source that cannot be
+read is named on the page instead of failing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .alerts import ALERTS_TABLE, AlertStore, window_metrics
+from .drift import (
+    DEFAULT_MIN_ROWS,
+    DEFAULT_PSI_THRESHOLD,
+    DEFAULT_PVALUE_THRESHOLD,
+    check_profile,
+)
+from .model_card import _CSS, _badge, _e, _fmt, _Html, _svg
+from .monitor import window_bounds
+from .prediction_log import read_log
+from .registry import CHAMPION, ModelVersion, Registry, RegistryError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8001
+DEFAULT_WINDOW = timedelta(minutes=5)
+DEFAULT_PERIOD = timedelta(hours=24)
+DEFAULT_REFRESH_SECONDS = 30.0
+CACHE_SECONDS = 5.0  # the page, its refresh and the JSON share one computation this long
+# Host headers answered (a DNS-rebinding page cannot read the dashboard through its name)
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' data:"
+)
+_HEADERS = {
+    "Content-Security-Policy": f"{CSP}; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+CHARTS = (
+    ("traffic", "Requests per window"),
+    ("latency", "Latency p50 / p99"),
+    ("errors", "Error rate"),
+    ("drift", "Drift (PSI) per feature"),
+)
+_OK, _FAILED, _P50, _P99 = "#4c72b0", "#9b1c1c", "#4c72b0", "#dd8452"
+_CYCLE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
+_CSS_EXTRA = """
+header p { margin: .2rem 0; }
+.overview { display: flex; flex-wrap: wrap; gap: 1rem; margin: 1rem 0; }
+#champion { border: 2px solid #1c3f8f; border-radius: .5rem; padding: .6rem 1rem;
+            background: #f4f7fe; min-width: 18rem; }
+#champion .label { font-size: 12px; text-transform: uppercase; color: #1c3f8f;
+                   font-weight: 700; letter-spacing: .05em; }
+#champion .tag { font-size: 1.3rem; font-weight: 700; margin: .2rem 0; }
+#champion .tag code { font-size: 1.1rem; }
+.tiles { display: flex; flex-wrap: wrap; gap: .6rem; }
+.tile { border: 1px solid #dcdce2; border-radius: .5rem; padding: .4rem .8rem;
+        min-width: 8rem; }
+.tile .label { font-size: 12px; color: #55555f; }
+.tile .value { font-size: 1.25rem; font-weight: 700; font-variant-numeric: tabular-nums; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; }
+.problems { background: #fbdcdc; color: #9b1c1c; padding: .4rem .8rem; border-radius: .4rem; }
+#no-traffic { font-size: 1.1rem; color: #55555f; }
+#refresh-status { color: #9b1c1c; }
+"""
+
+# The page's only script: every `data-refresh` seconds it re-reads /api/summary into the
+# [data-field] elements (formatted as the server does, see `_show`) and replaces #live
+# with /fragment. A constant: nothing is interpolated into it.
+_SCRIPT = """
+(() => {
+  "use strict";
+  const body = document.body;
+  const every = 1000 * Math.max(1, Number(body.dataset.refresh) || 30);
+  const status = document.getElementById("refresh-status");
+  const pick = (obj, path) =>
+    path.split(".").reduce((o, k) => (o === null || o === undefined ? null : o[k]), obj);
+  const show = (v, f) => {
+    if (v === null || v === undefined) return "\\u2014";
+    if (f === "pct") return (100 * v).toFixed(1) + "%";
+    if (f === "ms") return v.toFixed(1) + " ms";
+    if (f === "num4") return v.toFixed(4);
+    if (f === "time") return new Date(v).toISOString().slice(11, 19) + " UTC";
+    return String(v);
+  };
+  const get = async (url, json) => {
+    const r = await fetch(url, {cache: "no-store"});
+    if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+    return json ? r.json() : r.text();
+  };
+  const refresh = async () => {
+    try {
+      const summary = await get("api/summary", true);
+      for (const el of document.querySelectorAll("[data-field]")) {
+        el.textContent = show(pick(summary, el.dataset.field), el.dataset.format);
+      }
+      document.getElementById("live").innerHTML = await get("fragment", false);
+      body.dataset.refreshes = String(Number(body.dataset.refreshes || 0) + 1);
+      status.textContent = "";
+    } catch (err) {
+      status.textContent = "(refresh failed: " + err.message + ")";
+    }
+    setTimeout(refresh, every);
+  };
+  setTimeout(refresh, every);
+})();
+"""
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _shown_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "?"
+
+
+def _problem(what: str, url: str, exc: BaseException) -> str:
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{what} {_shown_url(url)}: {cause[0] if cause else type(exc).__name__}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: times as ISO 8601, numpy values as numbers, NaN and inf as null."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return _utc(value).isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# the numbers --------------------------------------------------------------------------------
+
+
+def _has_table(url: str, table: str) -> bool:
+    """Whether the database at `url` has `table`, without creating a missing SQLite file."""
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:":
+            return False
+        if not database.startswith("file:") and not Path(database).is_file():
+            return False
+    elif parsed.get_driver_name() in ("psycopg", "psycopg2"):
+        connect_args["connect_timeout"] = 10
+    engine = create_engine(url, connect_args=connect_args)
+    try:
+        return inspect(engine).has_table(table)
+    finally:
+        engine.dispose()
+
+
+def _test_metric(version: ModelVersion) -> dict[str, Any]:
+    """The version's selection metric on the test split ({"name", "value"})."""
+    test = version.metrics.get("test") or {}
+    selection = version.extra.get("selection") or {}
+    name = selection.get("metric") if isinstance(selection, Mapping) else None
+    if not name or name not in test:
+        name = next(iter(test), None)
+    return {"name": name, "value": test.get(name) if name else None}
+
+
+def _gates(version: ModelVersion) -> str:
+    """The latest verdict of each recorded gate: "passed", "failed" or "none"."""
+    if not version.gates:
+        return "none"
+    latest = {str(g.get("gate")): g for g in version.gates}
+    return "passed" if all(g.get("passed") for g in latest.values()) else "failed"
+
+
+def _versions(
+    registry_url: str, model_name: str, problems: list[str]
+) -> tuple[list[ModelVersion], dict[str, str]]:
+    try:
+        with Registry(registry_url, create=False) as registry:
+            return registry.list(model_name), registry.aliases(model_name)
+    except RegistryError:  # no registry file yet: nothing registered
+        return [], {}
+    except SQLAlchemyError as exc:
+        problems.append(_problem("registry", registry_url, exc))
+        return [], {}
+
+
+def _profile(
+    given: Mapping[str, Any] | None, champion: ModelVersion | None, problems: list[str]
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The drift reference and where it came from ("given", "champion" or None)."""
+    candidates = [(given, "given")]
+    if champion is not None:
+        candidates.append((champion.extra.get("drift_profile"), "champion"))
+    for profile, source in candidates:
+        if profile is None:
+            continue
+        try:
+            check_profile(profile)
+        except ValueError as exc:
+            problems.append(f"drift reference ({source}): {exc}")
+            continue
+        return profile, source
+    return None, None
+
+
+def _window_row(metrics: Mapping[str, Any], start: datetime, end: datetime) -> dict[str, Any]:
+    drift = metrics.get("drift") or {}
+    return {
+        "start": start,
+        "end": end,
+        "requests": metrics.get("requests", 0),
+        "errors": metrics.get("errors", 0),
+        "error_rate": metrics.get("error_rate"),
+        "server_error_rate": metrics.get("server_error_rate"),
+        "latency_p50_ms": metrics.get("latency_p50_ms"),
+        "latency_p99_ms": metrics.get("latency_p99_ms"),
+        "predictions": dict(metrics.get("predictions") or {}),
+        "drift_psi": {name: r["psi"] if r["enough_rows"] else None for name, r in drift.items()},
+    }
+
+
+def _drift_rows(drift: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = ("kind", "n", "psi", "pvalue", "enough_rows", "drifted")
+    return {name: {k: r.get(k) for k in keys} for name, r in drift.items()}
+
+
+def build_summary(
+    *,
+    registry_url: str,
+    log_url: str,
+    model_name: str,
+    profile: Mapping[str, Any] | None = None,
+    window: timedelta = DEFAULT_WINDOW,
+    period: timedelta = DEFAULT_PERIOD,
+    alert_url: str | None = None,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD,
+    pvalue_threshold: float = DEFAULT_PVALUE_THRESHOLD,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """What the dashboard shows, as a dict (datetimes as such; `_jsonable` for JSON).
+
+    Keys: `model`, `generated_at`, `window_seconds`, `period_seconds`, `min_rows`;
+    `champion` (None, or tag, version, created_at, candidate, bento_tag, `selection`
+    {name, value}: the selection metric on the test split, `metrics`: all test metrics,
+    `requests` it answered in the period); `versions` (newest first: tag, aliases,
+    created_at, candidate, test_metric {name, value}, gates "passed"/"failed"/"none",
+    requests in the period); `period` (since, until: whole windows; requests, errors,
+    error_rate, server_error_rate, validation_failures, records, latency_p50_ms,
+    latency_p99_ms, predictions {label: n}, training_classes {label: share}, models
+    {tag: requests}); `windows` (each: start, end, requests, errors, error_rate,
+    server_error_rate, latency_p50_ms, latency_p99_ms, predictions, drift_psi {feature:
+    PSI, None under min_rows}); `latest` (the current window's row); `drift` (source
+    "given"/"champion"/None, `latest` {window_start, window_end, features} of the newest
+    window with enough rows or None, `period` {feature: kind, n, psi, pvalue,
+    enough_rows, drifted}, drifted_count); `alerts` (Alert.to_dict() of the period, None
+    when there is no alert store) and `problems` (sources that could not be read).
+    Rates, quantiles and drift are None under `min_rows`, as in the alert rules."""
+    now = _utc(now or datetime.now(UTC))
+    bounds = window_bounds(now - period, now, window)
+    since, until = bounds[0][0], bounds[-1][1]
+    problems: list[str] = []
+
+    versions, aliases = _versions(registry_url, model_name, problems)
+    by_tag: dict[str, list[str]] = {}
+    for alias, tag in sorted(aliases.items()):
+        by_tag.setdefault(tag, []).append(alias)
+    champion = next((v for v in versions if v.tag == aliases.get(CHAMPION)), None)
+    reference, source = _profile(profile, champion, problems)
+
+    import pandas as pd
+
+    try:
+        log = read_log(log_url, since=since, until=until, kind="predict")
+    except (SQLAlchemyError, OSError) as exc:
+        problems.append(_problem("prediction log", log_url, exc))
+        log = read_log("sqlite:///:memory:")  # an empty frame of the right shape
+    options = {
+        "min_rows": min_rows,
+        "psi_threshold": psi_threshold,
+        "pvalue_threshold": pvalue_threshold,
+    }
+    stamps = log["ts"]
+    windows: list[dict[str, Any]] = []
+    latest_drift: dict[str, Any] | None = None
+    for start, end in bounds:
+        i, j = stamps.searchsorted(pd.Timestamp(start)), stamps.searchsorted(pd.Timestamp(end))
+        rows = log.iloc[i:j]
+        if rows.empty:
+            windows.append(_window_row({}, start, end))
+            continue
+        # drift only where it can be told from noise (under min_rows it is None anyway)
+        metrics = window_metrics(
+            rows,
+            reference if len(rows) >= min_rows else None,
+            window_start=start,
+            window_end=end,
+            **options,
+        )
+        windows.append(_window_row(metrics, start, end))
+        if any(r["enough_rows"] for r in metrics["drift"].values()):
+            latest_drift = {
+                "window_start": start,
+                "window_end": end,
+                "features": _drift_rows(metrics["drift"]),
+            }
+    whole = window_metrics(log, reference, window_start=since, window_end=until, **options)
+    models = dict(whole["models"])
+
+    alerts: list[dict[str, Any]] | None = None
+    alert_db = alert_url or log_url
+    try:
+        if _has_table(alert_db, ALERTS_TABLE):
+            with AlertStore(alert_db) as store:
+                alerts = [a.to_dict() for a in store.alerts(since, until)]
+    except SQLAlchemyError as exc:
+        problems.append(_problem("alert store", alert_db, exc))
+
+    def version_row(v: ModelVersion) -> dict[str, Any]:
+        return {
+            "tag": v.tag,
+            "aliases": by_tag.get(v.tag, []),
+            "created_at": v.created_at,
+            "candidate": v.candidate,
+            "test_metric": _test_metric(v),
+            "gates": _gates(v),
+            "requests": models.get(v.tag, 0),
+        }
+
+    return {
+        "model": model_name,
+        "generated_at": now,
+        "window_seconds": window.total_seconds(),
+        "period_seconds": period.total_seconds(),
+        "min_rows": min_rows,
+        "champion": None
+        if champion is None
+        else {
+            "tag": champion.tag,
+            "version": champion.version,
+            "created_at": champion.created_at,
+            "candidate": champion.candidate,
+            "bento_tag": champion.bento_tag,
+            "selection": _test_metric(champion),
+            "metrics": dict(champion.metrics.get("test") or {}),
+            "requests": models.get(champion.tag, 0),
+        },
+        "versions": [version_row(v) for v in versions],
+        "period": {
+            "since": since,
+            "until": until,
+            **{
+                key: whole[key]
+                for key in (
+                    "requests",
+                    "errors",
+                    "error_rate",
+                    "server_error_rate",
+                    "validation_failures",
+                    "records",
+                    "latency_p50_ms",
+                    "latency_p99_ms",
+                )
+            },
+            "predictions": dict(whole["predictions"]),
+            "training_classes": dict((reference or {}).get("classes") or {}),
+            "models": models,
+        },
+        "windows": windows,
+        "latest": windows[-1],
+        "drift": {
+            "source": source,
+            "latest": latest_drift,
+            "period": _drift_rows(whole["drift"]),
+            "drifted_count": whole["drifted_features"],
+        },
+        "alerts": alerts,
+        "problems": problems,
+    }
+
+
+# the page -------------------------------------------------------------------------------------
+
+
+def _show(value: Any, fmt: str = "") -> str:
+    """A number as the page's script writes it (keep the two in step)."""
+    if value is None:
+        return "—"
+    if fmt == "pct":
+        return f"{100 * float(value):.1f}%"
+    if fmt == "ms":
+        return f"{float(value):.1f} ms"
+    if fmt == "num4":
+        return f"{float(value):.4f}"
+    if fmt == "time":
+        return _utc(value).strftime("%H:%M:%S UTC")
+    return str(value)
+
+
+def _field(path: str, value: Any, fmt: str = "", tag: str = "span") -> str:
+    """An element the script refreshes from the summary's `path`."""
+    attrs = f'data-field="{_e(path)}"' + (f' data-format="{_e(fmt)}"' if fmt else "")
+    return f"<{tag} {attrs}>{_e(_show(value, fmt))}</{tag}>"
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _span(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "") -> str:
+    """Cells are escaped unless they are _Html."""
+    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            text = cell if isinstance(cell, _Html) else _e(_fmt(cell))
+            numeric = isinstance(cell, int | float) and not isinstance(cell, bool)
+            cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    ident = f' id="{_e(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _time_chart(
+    name: str,
+    summary: Mapping[str, Any],
+    draw_axes: Callable[[Axes, list[datetime]], None],
+    caption: str | None = None,
+) -> str:
+    """One chart over the period's windows (x: the windows' midpoints, UTC)."""
+    import matplotlib.dates as mdates
+
+    windows = summary["windows"]
+    half = timedelta(seconds=summary["window_seconds"]) / 2
+    x = [(_utc(w["start"]) + half).replace(tzinfo=None) for w in windows]
+    since = _utc(summary["period"]["since"]).replace(tzinfo=None)
+    until = _utc(summary["period"]["until"]).replace(tzinfo=None)
+    title = dict(CHARTS)[name]
+
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        draw_axes(ax, x)
+        ax.set_xlim(since, until)
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            fig.legend(loc="outside right upper")
+
+    svg = _svg(f"chart-{name}", title, (7.0, 2.4), draw)
+    text = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure class="chart" data-chart="{_e(name)}">{svg}{text}</figure>'
+
+
+def _series(values: Sequence[Any]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _charts(summary: Mapping[str, Any], psi_threshold: float) -> list[str]:
+    windows = summary["windows"]
+    width = timedelta(seconds=summary["window_seconds"]) / 1.25
+
+    def traffic(ax: Axes, x: list[datetime]) -> None:
+        ok = [w["requests"] - w["errors"] for w in windows]
+        failed = [w["errors"] for w in windows]
+        ax.bar(x, ok, width=width, color=_OK, label="answered")
+        ax.bar(x, failed, width=width, bottom=ok, color=_FAILED, label="failed")
+        ax.set_ylabel("requests")
+
+    def latency(ax: Axes, x: list[datetime]) -> None:
+        for key, label, color in (("latency_p50_ms", "p50", _P50), ("latency_p99_ms", "p99", _P99)):
+            values = _series([w[key] for w in windows])
+            ax.plot(x, values, marker="o", markersize=3, color=color, label=label)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("ms")
+
+    def errors(ax: Axes, x: list[datetime]) -> None:
+        ax.plot(x, _series([w["error_rate"] for w in windows]), marker="o", markersize=3,
+                color=_FAILED, label="all errors")  # fmt: skip
+        ax.plot(x, _series([w["server_error_rate"] for w in windows]), marker="s",
+                markersize=3, color="#8172b3", label="5xx")  # fmt: skip
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("share of requests")
+
+    features = list(summary["drift"]["period"])
+
+    def drift(ax: Axes, x: list[datetime]) -> None:
+        for i, name in enumerate(features):
+            values = _series([w["drift_psi"].get(name) for w in windows])
+            ax.plot(x, values, marker="o", markersize=3, color=_CYCLE[i % len(_CYCLE)],
+                    label=name)  # fmt: skip
+        ax.axhline(psi_threshold, color=_FAILED, linestyle="--", linewidth=1)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("PSI")
+
+    draws: dict[str, Callable[[Axes, list[datetime]], None]] = {
+        "traffic": traffic,
+        "latency": latency,
+        "errors": errors,
+    }
+    if features:
+        draws["drift"] = drift
+    few = summary["min_rows"]
+    captions = {
+        "latency": f"successful requests; windows with fewer than {few} are left out",
+        "errors": f"windows with fewer than {few} requests are left out",
+        "drift": f"windows with fewer than {few} rows are left out; dashed: the threshold",
+    }
+    return [
+        _time_chart(name, summary, draws[name], captions.get(name))
+        for name, _ in CHARTS
+        if name in draws
+    ]
+
+
+def _versions_section(summary: Mapping[str, Any]) -> str:
+    versions = summary["versions"]
+    if not versions:
+        return '<p class="note">No model versions registered yet.</p>'
+    rows = []
+    for v in versions:
+        aliases = _Html(" ".join(_badge(a, "alias") for a in v["aliases"]))
+        metric = v["test_metric"]
+        shown = (
+            "—" if metric["value"] is None else f"{metric['name']} {_show(metric['value'], 'num4')}"
+        )
+        gates = _Html(
+            _badge("no gate results", "none")
+            if v["gates"] == "none"
+            else _badge("gates passed", "pass")
+            if v["gates"] == "passed"
+            else _badge("gates failed", "fail")
+        )
+        rows.append(
+            (
+                _Html(f"<code>{_e(v['tag'])}</code>"),
+                aliases,
+                _when(v["created_at"]),
+                v["candidate"],
+                shown,
+                gates,
+                v["requests"],
+            )
+        )
+    header = ("version", "aliases", "created", "candidate", "test metric", "gates", "requests")
+    return _table(header, rows, "versions")
+
+
+def _mix_section(summary: Mapping[str, Any]) -> str:
+    predictions = summary["period"]["predictions"]
+    training = summary["period"]["training_classes"]
+    labels = list(dict.fromkeys([*training, *predictions]))
+    total = sum(predictions.values())
+    if not total:
+        return '<p class="note">No predictions in the period.</p>'
+    rows = [
+        (
+            label,
+            predictions.get(label, 0),
+            _show(predictions.get(label, 0) / total, "pct"),
+            _show(training.get(label), "pct"),
+        )
+        for label in labels
+    ]
+    return _table(("class", "predictions", "share", "share in training"), rows, "mix")
+
+
+def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
+    drift = summary["drift"]
+    if drift["source"] is None:
+        return '<p class="note">No training reference profile: drift is not computed.</p>'
+    latest = drift["latest"]
+    note = (
+        f"Newest window with at least {min_rows} rows: {_when(latest['window_start'])} to "
+        f"{_when(latest['window_end'])}."
+        if latest
+        else f"No window has {min_rows} rows yet."
+    )
+    rows = []
+    for name, period in drift["period"].items():
+        recent = (latest or {}).get("features", {}).get(name) or {}
+        verdict = (
+            _badge("drifted", "fail")
+            if period["drifted"]
+            else _badge("ok", "pass")
+            if period["enough_rows"]
+            else _badge("too few rows", "none")
+        )
+        rows.append(
+            (
+                name,
+                period["kind"],
+                recent.get("psi") if recent.get("enough_rows") else None,
+                period["psi"] if period["enough_rows"] else None,
+                period["pvalue"],
+                period["n"],
+                _Html(verdict),
+            )
+        )
+    header = ("feature", "kind", "PSI (window)", "PSI (period)", "p-value", "rows", "verdict")
+    return f'<p class="note">{_e(note)}</p>' + _table(header, rows, "drift")
+
+
+def _alerts_section(summary: Mapping[str, Any]) -> str:
+    alerts = summary["alerts"]
+    if alerts is None:
+        return '<p class="note">No alert store yet (`nbship monitor` records alerts).</p>'
+    if not alerts:
+        return f"<p>{_badge('no alerts in the period', 'pass')}</p>"
+    rows = [
+        (
+            _Html(_badge(a["rule"], "fail")),
+            a["metric"],
+            a["value"],
+            f"{a['op']} {a['threshold']:g}",
+            a["window_start"] or "—",
+        )
+        for a in alerts
+    ]
+    return _table(("rule", "metric", "value", "threshold", "window start"), rows, "alerts")
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
+    """The part of the page the script replaces on every refresh."""
+    parts = []
+    if summary["problems"]:
+        items = "".join(f"<li>{_e(p)}</li>" for p in summary["problems"])
+        parts.append(f'<div class="problems"><strong>Not readable:</strong><ul>{items}</ul></div>')
+    if summary["period"]["requests"]:
+        charts = "".join(_charts(summary, psi_threshold))
+        parts.append(_section("charts", "Traffic", f'<div class="charts">{charts}</div>'))
+    else:
+        parts.append(
+            '<p id="no-traffic">no traffic yet: the prediction log has no request in the '
+            "period.</p>"
+        )
+    parts.append(_section("versions-section", "Model versions", _versions_section(summary)))
+    parts.append(_section("mix-section", "Prediction mix", _mix_section(summary)))
+    parts.append(
+        _section("drift-section", "Drift per feature", _drift_section(summary, summary["min_rows"]))
+    )
+    parts.append(_section("alerts-section", "Alerts", _alerts_section(summary)))
+    return "\n".join(parts)
+
+
+def _tile(label: str, path: str, value: Any, fmt: str = "") -> str:
+    return (
+        f'<div class="tile"><div class="label">{_e(label)}</div>'
+        f'<div class="value">{_field(path, value, fmt)}</div></div>'
+    )
+
+
+def _page(summary: Mapping[str, Any], live: str, refresh_seconds: float) -> str:
+    model = summary["model"]
+    champion = summary["champion"] or {}
+    selection = champion.get("selection") or {}
+    period, latest = summary["period"], summary["latest"]
+    window = timedelta(seconds=summary["window_seconds"])
+    span = timedelta(seconds=summary["period_seconds"])
+    tiles = "".join(
+        [
+            _tile("requests in the period", "period.requests", period["requests"]),
+            _tile("error rate", "period.error_rate", period["error_rate"], "pct"),
+            _tile("latency p50", "period.latency_p50_ms", period["latency_p50_ms"], "ms"),
+            _tile("latency p99", "period.latency_p99_ms", period["latency_p99_ms"], "ms"),
+            _tile("requests this window", "latest.requests", latest["requests"]),
+            _tile("drifted features", "drift.drifted_count", summary["drift"]["drifted_count"]),
+        ]
+    )
+    metric_name = selection.get("name") or "test metric"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{_e(model)}: nbship dashboard</title>
+<link rel="icon" href="data:,">
+<style>{_CSS}{_CSS_EXTRA}</style>
+</head>
+<body data-refresh="{_e(f"{refresh_seconds:g}")}">
+<header>
+<h1>Dashboard: <code>{_e(model)}</code></h1>
+<p class="note">The last {_e(_span(span))} in windows of {_e(_span(window))} (UTC, whole
+windows). Updated {_field("generated_at", summary["generated_at"], "time")}; refreshed every
+{_e(f"{refresh_seconds:g}")} s <span id="refresh-status"></span></p>
+</header>
+<section class="overview" aria-label="overview">
+<div id="champion">
+<div class="label">Champion</div>
+<div class="tag">{_field("champion.tag", champion.get("tag"), tag="code")}</div>
+<div class="note">candidate {_field("champion.candidate", champion.get("candidate"))};
+{_e(metric_name)} {_field("champion.selection.value", selection.get("value"), "num4")};
+{_field("champion.requests", champion.get("requests"))} requests in the period</div>
+</div>
+<div class="tiles">{tiles}</div>
+</section>
+<div id="live">
+{live}
+</div>
+<footer>nbship dashboard. Everything on this page comes from this server; the numbers as
+JSON: <a href="api/summary">api/summary</a>.</footer>
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+# the app ----------------------------------------------------------------------------------------
+
+
+class _Snapshot:
+    """The summary and the rendered live part, computed at most once per CACHE_SECONDS
+    (one computation at a time: matplotlib's settings are global)."""
+
+    def __init__(self, compute: Callable[[], dict[str, Any]], render: Callable[[Any], str]):
+        self._compute, self._render = compute, render
+        self._lock = threading.Lock()
+        self._at = -math.inf
+        self._summary: dict[str, Any] = {}
+        self._live = ""
+
+    def get(self) -> tuple[dict[str, Any], str]:
+        with self._lock:
+            if time.monotonic() - self._at >= CACHE_SECONDS:
+                summary = self._compute()
+                self._live = self._render(summary)
+                self._summary = summary
+                self._at = time.monotonic()
+            return self._summary, self._live
+
+
+def create_app(
+    *,
+    registry_url: str,
+    log_url: str,
+    model_name: str,
+    profile: Mapping[str, Any] | None = None,
+    window: timedelta = DEFAULT_WINDOW,
+    period: timedelta = DEFAULT_PERIOD,
+    refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+    alert_url: str | None = None,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD,
+    pvalue_threshold: float = DEFAULT_PVALUE_THRESHOLD,
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+) -> Starlette:
+    """The dashboard of model `model_name` (see the module doc).
+
+    `registry_url`, `log_url`: the registry and the prediction log (SQLAlchemy URLs);
+    `alert_url`: the AlertStore database (default: the log's). `profile`: the training
+    reference (`drift.reference_profile`); None takes the champion's stored
+    `drift_profile`. The page covers the last `period` in windows of `window` and
+    re-reads its numbers every `refresh_seconds`. `min_rows`, `psi_threshold`,
+    `pvalue_threshold` as in the alert rules. `allowed_hosts`: Host header names
+    answered (["*"] for any, when serving beyond 127.0.0.1)."""
+    if profile is not None:
+        check_profile(profile)
+    if refresh_seconds <= 0:
+        raise ValueError("refresh_seconds must be positive")
+    if min_rows < 1:
+        raise ValueError("min_rows must be at least 1")
+    now = datetime.now(UTC)
+    window_bounds(now - period, now, window)  # a bad window/period fails here, not per page
+
+    def compute() -> dict[str, Any]:
+        return build_summary(
+            registry_url=registry_url,
+            log_url=log_url,
+            model_name=model_name,
+            profile=profile,
+            window=window,
+            period=period,
+            alert_url=alert_url,
+            min_rows=min_rows,
+            psi_threshold=psi_threshold,
+            pvalue_threshold=pvalue_threshold,
+        )
+
+    snapshot = _Snapshot(compute, lambda summary: _live(summary, psi_threshold))
+
+    def page(_request: Request) -> Response:
+        summary, live = snapshot.get()
+        return HTMLResponse(_page(summary, live, refresh_seconds), headers=_HEADERS)
+
+    def fragment(_request: Request) -> Response:
+        return HTMLResponse(snapshot.get()[1], headers=_HEADERS)
+
+    def summary(_request: Request) -> Response:
+        return JSONResponse(_jsonable(snapshot.get()[0]), headers=_HEADERS)
+
+    def healthz(_request: Request) -> Response:
+        return PlainTextResponse("ok", headers=_HEADERS)
+
+    # plain functions: Starlette runs them in its thread pool, off the event loop
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/fragment", fragment, methods=["GET"]),
+        Route("/api/summary", summary, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def serve_dashboard(app: Starlette, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serves `app` with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    print(f"nbship dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m nbship.dashboard --registry-url URL --log-url URL --model NAME ...`"""
+    parser = argparse.ArgumentParser(
+        prog="python -m nbship.dashboard", description="Serve the nbship dashboard."
+    )
+    parser.add_argument("--registry-url", required=True, help="the registry's SQLAlchemy URL")
+    parser.add_argument("--log-url", required=True, help="the prediction log's SQLAlchemy URL")
+    parser.add_argument("--model", required=True, help="the model name (the bento's name)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a JSON file of drift.reference_profile (default: the champion's)",
+    )
+    parser.add_argument("--alert-url", default=None, help="the alert store (default: the log)")
+    parser.add_argument(
+        "--window-minutes", type=float, default=5.0, help="window length (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--period-hours", type=float, default=24.0, help="period shown (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--refresh-seconds",
+        type=float,
+        default=DEFAULT_REFRESH_SECONDS,
+        help="how often the page re-reads its numbers (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--min-rows",
+        type=int,
+        default=DEFAULT_MIN_ROWS,
+        help="fewest rows for a rate, quantile or drift (default: %(default)s)",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+    profile = None
+    if args.profile is not None:
+        try:
+            profile = json.loads(args.profile.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--profile {args.profile}: {exc}")
+    try:
+        app = create_app(
+            registry_url=args.registry_url,
+            log_url=args.log_url,
+            model_name=args.model,
+            profile=profile,
+            window=timedelta(minutes=args.window_minutes),
+            period=timedelta(hours=args.period_hours),
+            refresh_seconds=args.refresh_seconds,
+            alert_url=args.alert_url,
+            min_rows=args.min_rows,
+            allowed_hosts=LOCAL_HOSTS if args.host in LOCAL_HOSTS else ["*"],
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    serve_dashboard(app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
