@@ -54,7 +54,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    event,
     insert,
     select,
 )
@@ -68,6 +67,7 @@ from .drift import (
     check_profile,
     feature_drift,
 )
+from .sqlite import sqlite_engine
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +76,6 @@ logger = logging.getLogger("nbship.alerts")
 
 DEFAULT_WINDOW_MINUTES = 60
 DEFAULT_TIMEOUT_S = 5.0
-SQLITE_BUSY_SECONDS = 30
 PREDICT_KIND = "predict"  # the log's other kinds (feedback, ...) are not traffic
 UNKNOWN_FIELD = "(unknown)"
 
@@ -649,19 +648,7 @@ def _store_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    database = parsed.database or ""
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # the prediction log writes to the same file: wait for its lock, do not fail
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
-        cursor.close()
-
-    return engine
+    return sqlite_engine(url)
 
 
 def _insert_ignoring_duplicates(engine: Engine) -> Callable[[], Any]:

@@ -128,15 +128,15 @@ def monitor(project: Path, hours: float, model: str | None, output: Path | None)
     """Drift, data quality, prediction mix, latency and errors of the logged traffic:
     an HTML report, and the alert rules of env.yaml's `monitoring` checked and sent."""
     from .alerts import ConfigError, parse_config
-    from .models_cli import _env, _registry
+    from .models_cli import project_env, project_registry
     from .monitor import run_monitor
 
-    env = _env(project)
+    env = project_env(project)
     try:
         config = parse_config(env.get("monitoring"))
     except ConfigError as exc:
         raise click.ClickException(f"env.yaml: {exc}") from exc
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         name = (env.get("bento") or {}).get("name", "")
         version = registry.get(model) if model else registry.alias(name, "champion")
         if version is None:

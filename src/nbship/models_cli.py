@@ -28,7 +28,7 @@ REASON_OPTION = click.option(
 )
 
 
-def _env(project: Path) -> dict[str, Any]:
+def project_env(project: Path) -> dict[str, Any]:
     from .pipeline import read_env
 
     try:
@@ -41,7 +41,7 @@ def _env(project: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def _registry(project: Path) -> Iterator[Registry]:
+def project_registry(project: Path) -> Iterator[Registry]:
     """The project's registry; its errors become one-line messages, not tracebacks."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -51,7 +51,7 @@ def _registry(project: Path) -> Iterator[Registry]:
 
     url = ""
     try:
-        url = registry_url(project, _env(project))
+        url = registry_url(project, project_env(project))
         with Registry(url) as registry:
             yield registry
     except (UnknownModelError, RegistryError, TamperedArtifactError, MissingArtifactError) as exc:
@@ -98,7 +98,7 @@ def models() -> None:
 @click.option("--name", "-n", default=None, help="Only versions of this model name.")
 def list_versions(project: Path, name: str | None) -> None:
     """Registered model versions, newest first."""
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         versions = registry.list(name)
         held: dict[str, list[str]] = {}
         for model in {v.name for v in versions}:
@@ -134,7 +134,7 @@ def show(project: Path, tag: str) -> None:
     """Everything recorded for one model version."""
     from .registry import flatten
 
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         v = registry.get(tag)
         held = sorted(a for a, t in registry.aliases(v.name).items() if t == v.tag)
     rows: list[list[Any]] = [
@@ -180,7 +180,7 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
     """Make TAG the champion (what serves), or the challenger. A champion must pass the
     promotion gates against the current one (recorded with the version) unless --force;
     its bento is then published to bentos/."""
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         if alias == "champion":
             event = _promote_champion(project, registry, tag, reason, force)
         else:
@@ -207,7 +207,7 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
     from .promotion import PromotionRefused, promote_by_hand
 
     version = registry.get(tag)  # an unknown tag is the first thing to say
-    env = _env(project)
+    env = project_env(project)
     golden = _split_data(project, env, "golden")
     gates = {**(env.get("gates") or {}), "metric": env.get("selection_metric", "f1_macro")}
     try:
@@ -230,9 +230,9 @@ def card(project: Path, tag: str) -> None:
     last build's train/test split; prints its path."""
     from .promotion import write_version_card
 
-    env = _env(project)
+    env = project_env(project)
     train, test = _split_data(project, env, "train"), _split_data(project, env, "test")
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         version = registry.get(tag)
         champion = registry.alias(version.name, "champion")
         path = write_version_card(
@@ -251,10 +251,10 @@ def rollback(project: Path, name: str, reason: str) -> None:
     """Give NAME's champion back to the one before the current promotion."""
     from .package import publish, published_link
 
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         event = registry.rollback(name, actor=getpass.getuser(), reason=reason)
         bento_tag = registry.get(event.tag).bento_tag
-    env = _env(project)
+    env = project_env(project)
     if bento_tag and (env.get("bento") or {}).get("name") == name:
         publish(bento_tag, published_link(project, env))
     click.echo(f"rolled back {name}: champion is {event.tag} again (was {event.previous_tag})")
@@ -266,7 +266,7 @@ def rollback(project: Path, name: str, reason: str) -> None:
 @click.argument("b")
 def diff(project: Path, a: str, b: str) -> None:
     """What differs between versions A and B: params, metrics, versions, data, definition."""
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         changes = registry.diff(a, b)
     if not changes:
         click.echo(f"{a} and {b} have the same params, metrics, versions, data and definition.")
@@ -280,7 +280,7 @@ def diff(project: Path, a: str, b: str) -> None:
 @click.argument("name")
 def history(project: Path, name: str) -> None:
     """Every alias change of model NAME, newest first."""
-    with _registry(project) as registry:
+    with project_registry(project) as registry:
         events = registry.history(name)
     if not events:
         click.echo(f"No promotions recorded for {name}.")

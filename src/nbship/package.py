@@ -43,6 +43,7 @@ SERVING_MODULES = (
     "registry.py",
     "request_log.py",
     "serving.py",
+    "sqlite.py",
 )
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")

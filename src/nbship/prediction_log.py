@@ -82,13 +82,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     delete,
-    event,
     func,
     inspect,
     select,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from .sqlite import database_file, sqlite_engine, writer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +100,6 @@ TABLE = "prediction_log"
 DEFAULT_FILE = "prediction_log.db"
 LOCK_NAME = ".lock"
 REJECTED_FILE = "rejected.jsonl"
-SQLITE_BUSY_SECONDS = 30
 PG_CONNECT_TIMEOUT = 10
 ADOPT_SECONDS = 30.0  # how often a running log looks for spools of dead processes
 PURGE_SECONDS = 3600.0  # how often the retention setting is applied
@@ -346,13 +346,6 @@ def _backend(url: str) -> str:
     return make_url(url).get_backend_name()
 
 
-def _sqlite_file(url: str) -> Path | None:
-    database = make_url(url).database or ""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
 def _engine(url: str, synchronous: str = "FULL") -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -368,47 +361,18 @@ def _engine(url: str, synchronous: str = "FULL") -> Engine:
             json_deserializer=_loads,
             connect_args=connect_args,
         )
-    database = _sqlite_file(url)
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url,
-        json_serializer=_json,
-        json_deserializer=_loads,
-        connect_args={"timeout": SQLITE_BUSY_SECONDS},
+    return sqlite_engine(
+        url, synchronous=synchronous, json_serializer=_json, json_deserializer=_loads
     )
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # take over transactions from pysqlite so writers can BEGIN IMMEDIATE
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        # a writer takes the write lock up front: no read-then-upgrade deadlock between
-        # processes, and the busy timeout applies while waiting for it
-        write = conn.get_execution_options().get("nbship_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-def _writer(engine: Engine) -> Engine:
-    return engine.execution_options(nbship_write=True)
 
 
 def _create_table(engine: Engine) -> None:
     # through the writer (BEGIN IMMEDIATE on SQLite); a process creating it at the same
     # moment makes the first try fail (locked, duplicate type): the second sees the table
     try:
-        metadata.create_all(_writer(engine))
+        metadata.create_all(writer(engine))
     except DBAPIError:
-        metadata.create_all(_writer(engine))
+        metadata.create_all(writer(engine))
 
 
 class _Inserter:
@@ -929,7 +893,7 @@ class PredictionLog:
         and set aside. Returns how many were; raises if the database failed."""
         assert self._engine is not None and self._inserter is not None
         try:
-            with _writer(self._engine).begin() as conn:
+            with writer(self._engine).begin() as conn:
                 self._inserter(conn, rows)
             self._batches += 1
             return 0
@@ -1138,7 +1102,7 @@ class PredictionLog:
 @contextlib.contextmanager
 def _reader(url: str) -> Iterator[Engine | None]:
     """An engine, or None when there is no log to read (no SQLite file, no table)."""
-    database = _sqlite_file(url) if _backend(url) == "sqlite" else None
+    database = database_file(url) if _backend(url) == "sqlite" else None
     if database is not None and not database.exists():
         yield None
         return
@@ -1276,7 +1240,7 @@ def export_log(
 
 
 def _purge(engine: Engine, cutoff: datetime) -> int:
-    with _writer(engine).begin() as conn:
+    with writer(engine).begin() as conn:
         result = conn.execute(delete(prediction_log).where(prediction_log.c.ts < _utc(cutoff)))
         return int(result.rowcount or 0)
 

@@ -25,24 +25,23 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     DateTime,
-    Engine,
     Float,
     ForeignKey,
     Integer,
     String,
     create_engine,
-    event,
     select,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from .sqlite import sqlite_engine, writer
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 URL_ENV = "NBSHIP_REGISTRY_URL"
 DEFAULT_FILE = "registry.db"
-SQLITE_BUSY_SECONDS = 30
 # Sections compared by `Registry.diff`; dict sections are flattened to dotted keys.
 DIFF_SECTIONS = ("params", "metrics", "versions", "data_fingerprint", "definition_hash")
 # Metadata keys stored in their own columns; the rest goes to `extra`.
@@ -231,33 +230,6 @@ def _event(row: _Event) -> PromotionEvent:
     )
 
 
-def _sqlite_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # take over transactions from pysqlite so writers can BEGIN IMMEDIATE
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        # a writer takes the write lock up front: no read-then-upgrade deadlock between
-        # processes, and the busy timeout applies while waiting for it
-        write = conn.get_execution_options().get("nbship_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
 class Registry:
     """Model versions, aliases and promotion history in one SQL database."""
 
@@ -270,8 +242,8 @@ class Registry:
             database = make_url(url).database or ""
             if database and database != ":memory:" and not Path(database).is_file():
                 raise RegistryError(f"no registry at {database}")
-        self._engine = _sqlite_engine(url) if self._sqlite else create_engine(url)
-        self._writer = self._engine.execution_options(nbship_write=True)
+        self._engine = sqlite_engine(url) if self._sqlite else create_engine(url)
+        self._writer = writer(self._engine)
         # DDL through the writer (BEGIN IMMEDIATE on SQLite): a deferred transaction that
         # reads the schema and then upgrades to write is refused at once ("database is
         # locked", no busy wait) when another process is creating the tables too.

@@ -72,6 +72,7 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
         "registry.py",
         "request_log.py",
         "serving.py",
+        "sqlite.py",
     ]
 
 
