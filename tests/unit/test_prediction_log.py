@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from nbship.prediction_log import (
     REJECTED_FILE,
     LogEntry,
     PredictionLog,
+    RawJSON,
     count,
     export_log,
     new_request_id,
@@ -223,6 +224,21 @@ def test_entries_and_failures_are_stored_as_given(store: Store, tmp_path: Path) 
     assert (bad["status"], bad["http_status"]) == ("error", 400)
     assert bad["error_class"] == "ValidationError"
     assert "valid number" in bad["error_message"]
+
+
+def test_raw_json_is_stored_as_given_without_reencoding(store: Store, tmp_path: Path) -> None:
+    pretty = RawJSON(b'[\n\t{"island": "Dream",\r\n "bill_length_mm": 39.5}\n]')
+    accented = RawJSON('{"island": "Dr\u00e9am"}'.encode())  # non-ASCII: re-encoded
+    with PredictionLog(store.url, tmp_path / "spool") as log:
+        assert log.record(
+            replace(entry("raw-1"), inputs=pretty, outputs=RawJSON(b'[{"label":"A"}]'))
+        )
+        assert log.record(replace(entry("raw-2"), inputs=accented))
+        assert log.flush(30)
+    frame = read_log(store.url).set_index("request_id")
+    assert frame.loc["raw-1", "inputs"] == [{"island": "Dream", "bill_length_mm": 39.5}]
+    assert frame.loc["raw-1", "outputs"] == [{"label": "A"}]
+    assert frame.loc["raw-2", "inputs"] == {"island": "Dr\u00e9am"}
 
 
 def test_a_request_id_recorded_twice_is_stored_once(store: Store, tmp_path: Path) -> None:
