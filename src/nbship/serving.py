@@ -205,12 +205,18 @@ class Reloader:
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
-            self.check()
+            try:
+                self.check()
+            # the thread must outlive any one bad check, or reloads stop for good
+            except Exception:
+                logger.exception("champion check failed; retrying in %.1f s", self.interval)
 
     def check(self) -> dict[str, Any]:
         with self.lock:
             current = self.service.current
             champion, why = registry_champion(CONFIG)
+            if champion is not None:  # a refusal holds while that version stays champion
+                self.refused = {t: r for t, r in self.refused.items() if t == champion.tag}
             if champion is None or champion.tag == current.tag:
                 return {"model_tag": current.tag, "changed": False, "reason": why}
             if champion.tag in self.refused:
