@@ -4,6 +4,7 @@ shared by the integration and e2e tests (the build is the slow part)."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -61,6 +62,27 @@ class Project:
     @property
     def root(self) -> Path:
         return self.path / self.config["root"]
+
+    @property
+    def summary(self) -> dict:
+        """What the last build's package task did (model and bento tags, gates, ...)."""
+        return json.loads((self.root / "package.json").read_text())
+
+    def copy_to(self, dest: Path) -> Project:
+        """A copy of this built project (its own registry, model store and bentos) that a
+        test may change; it shares the BentoML home."""
+        shutil.copytree(self.path, dest, symlinks=True)
+        return Project(path=dest, env=self.env)
+
+    def build_worse_model(self) -> dict:
+        """Builds again with only the `baseline` candidate (a dummy classifier, which
+        fails the metric gate); returns that build's package summary."""
+        cfg = self.config
+        cfg["candidates"] = ["baseline"]
+        self.write_config(cfg)
+        result = self.run("build")
+        assert result.returncode == 0, result.stdout + result.stderr
+        return self.summary
 
 
 def copy_project(dest: Path, bentoml_home: Path) -> Project:

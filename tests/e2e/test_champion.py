@@ -3,7 +3,6 @@ the current champion, fetched from the shared store, and refuses a tampered one.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -33,16 +32,10 @@ RECORD = {
 def two_champions(built_project: Project, tmp_path_factory: pytest.TempPathFactory):
     """A copy of the project whose champion was then replaced (forced) by a baseline
     model; returns the project, the first bento's folder and both model tags."""
-    dest = tmp_path_factory.mktemp("champions") / "project"
-    shutil.copytree(built_project.path, dest, symlinks=True)
-    project = Project(path=dest, env=built_project.env)
-    first = json.loads((project.root / "package.json").read_text())
+    project = built_project.copy_to(tmp_path_factory.mktemp("champions") / "project")
+    first = project.summary
     old_bento = project.bento.resolve()
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
-    assert project.run("build").returncode == 0
-    second = json.loads((project.root / "package.json").read_text())
+    second = project.build_worse_model()
     forced = project.run("models", "promote", second["model_tag"], "-r", "test", "--force")
     assert forced.returncode == 0, forced.stderr
     return project, old_bento, first["model_tag"], second["model_tag"]

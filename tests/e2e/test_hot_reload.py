@@ -5,8 +5,6 @@ admin route needs the token."""
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,15 +51,10 @@ async def _load_until(url: str, done: asyncio.Event, workers: int = 4) -> list[t
 
 
 def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path):
-    project = Project(path=tmp_path / "project", env=built_project.env)
-    shutil.copytree(built_project.path, project.path, symlinks=True)
-    first = json.loads((project.root / "package.json").read_text())["model_tag"]
+    project = built_project.copy_to(tmp_path / "project")
+    first = project.summary["model_tag"]
     bento = project.bento.resolve()
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
-    assert project.run("build").returncode == 0
-    second = json.loads((project.root / "package.json").read_text())["model_tag"]
+    second = project.build_worse_model()["model_tag"]
     assert second != first  # registered as challenger; the gates kept it from champion
 
     port = free_port()

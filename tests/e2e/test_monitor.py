@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -74,8 +73,7 @@ def _traffic(project: Project, tmp: Path, db: Path, bodies: list[dict]) -> None:
 
 def test_monitor_alerts_on_drift_only(built_project: Project, tmp_path: Path, webhook):
     url, received = webhook
-    project = Project(path=tmp_path / "project", env=built_project.env)
-    shutil.copytree(built_project.path, project.path, symlinks=True)
+    project = built_project.copy_to(tmp_path / "project")
     cfg = project.config
     cfg["monitoring"]["sinks"] = [{"type": "log"}, {"type": "webhook", "url": url}]
     project.write_config(cfg)

@@ -1,8 +1,6 @@
 """The registry in the pipeline: each run registers its model; a challenger that fails
 the gates is recorded with its verdicts and never reaches the published bento."""
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ def _registry(project: Project) -> Registry:
 
 
 def test_first_run_registers_the_champion_with_its_metadata(built_project: Project):
-    summary = json.loads((built_project.root / "package.json").read_text())
+    summary = built_project.summary
     champion = _registry(built_project).alias("penguins_classifier", "champion")
     assert champion is not None and champion.tag == summary["model_tag"]
     assert summary["promoted"] is True
@@ -32,19 +30,12 @@ def test_first_run_registers_the_champion_with_its_metadata(built_project: Proje
 def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(
     tmp_path, built_project: Project
 ):
-    dest = tmp_path / "copy"
-    shutil.copytree(built_project.path, dest, symlinks=True)
-    project = Project(path=dest, env=built_project.env)
+    project = built_project.copy_to(tmp_path / "copy")
     published = project.bento.resolve()
     champion_before = _registry(project).alias("penguins_classifier", "champion")
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
 
-    result = project.run("build")
+    summary = project.build_worse_model()
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads((project.root / "package.json").read_text())
     assert summary["promoted"] is False
     assert summary["gates"]["metric"] is False
     registry = _registry(project)
@@ -58,16 +49,10 @@ def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(
 def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restores(
     tmp_path, built_project: Project
 ):
-    dest = tmp_path / "copy"
-    shutil.copytree(built_project.path, dest, symlinks=True)
-    project = Project(path=dest, env=built_project.env)
+    project = built_project.copy_to(tmp_path / "copy")
     champion = _registry(project).alias("penguins_classifier", "champion")
     published = project.bento.resolve()
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
-    assert project.run("build").returncode == 0
-    worse = json.loads((project.root / "package.json").read_text())
+    worse = project.build_worse_model()
 
     refused = project.run("models", "promote", worse["model_tag"], "--reason", "try")
     assert refused.returncode != 0
@@ -89,7 +74,7 @@ def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restore
 
 
 def test_each_run_writes_a_model_card_recorded_in_the_registry(built_project: Project):
-    summary = json.loads((built_project.root / "package.json").read_text())
+    summary = built_project.summary
     version = _registry(built_project).get(summary["model_tag"])
     card = Path(version.extra["card"])
     assert card == Path(summary["card"]) and card.parent == built_project.root / "cards"
@@ -99,14 +84,8 @@ def test_each_run_writes_a_model_card_recorded_in_the_registry(built_project: Pr
 
 
 def test_models_card_rewrites_a_card_against_the_champion(tmp_path, built_project: Project):
-    dest = tmp_path / "copy"
-    shutil.copytree(built_project.path, dest, symlinks=True)
-    project = Project(path=dest, env=built_project.env)
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
-    assert project.run("build").returncode == 0
-    worse = json.loads((project.root / "package.json").read_text())
+    project = built_project.copy_to(tmp_path / "copy")
+    worse = project.build_worse_model()
     champion = _registry(project).alias("penguins_classifier", "champion")
 
     result = project.run("models", "card", worse["model_tag"])
@@ -119,14 +98,8 @@ def test_models_card_rewrites_a_card_against_the_champion(tmp_path, built_projec
 
 
 def test_a_tampered_artefact_is_refused_by_promote(tmp_path, built_project: Project):
-    dest = tmp_path / "copy"
-    shutil.copytree(built_project.path, dest, symlinks=True)
-    project = Project(path=dest, env=built_project.env)
-    cfg = project.config
-    cfg["candidates"] = ["baseline"]
-    project.write_config(cfg)
-    assert project.run("build").returncode == 0
-    worse = json.loads((project.root / "package.json").read_text())
+    project = built_project.copy_to(tmp_path / "copy")
+    worse = project.build_worse_model()
     name, version = worse["model_tag"].split(":")
     pkl = Path(project.env["BENTOML_HOME"]) / "models" / name / version / "saved_model.pkl"
     original = pkl.read_bytes()

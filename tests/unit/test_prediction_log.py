@@ -37,7 +37,7 @@ from nbship.prediction_log import (
     read_log,
     url_for_sqlite,
 )
-from tests.support import PROJECT, free_port
+from tests.support import PROJECT, free_port, postgres_schema
 
 pytestmark = pytest.mark.unit
 
@@ -60,17 +60,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         )
         return
     base: str = request.getfixturevalue("postgres_url")
-    schema = f"t_{uuid.uuid4().hex[:12]}"  # each test its own empty schema
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
     closed = make_url(base).set(port=free_port()).render_as_string(hide_password=False)
-    try:
-        yield Store(url=f"{base}?options=-csearch_path%3D{schema}", down=closed)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema(base) as url:
+        yield Store(url=url, down=closed)
 
 
 def entry(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from nbship.registry import (
     ModelVersion,
@@ -20,7 +19,7 @@ from nbship.registry import (
     UnknownModelError,
     registry_url,
 )
-from tests.support import PROJECT
+from tests.support import PROJECT, postgres_schema
 
 pytestmark = pytest.mark.unit
 
@@ -50,19 +49,12 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
         yield reg
         reg.close()
         return
-    base: str = request.getfixturevalue("postgres_url")
-    schema = f"t_{uuid.uuid4().hex[:12]}"  # each test its own empty schema
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    reg = Registry(f"{base}?options=-csearch_path%3D{schema}")
-    try:
-        yield reg
-    finally:
-        reg.close()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        reg = Registry(url)
+        try:
+            yield reg
+        finally:
+            reg.close()
 
 
 def test_register_stores_metadata_and_is_idempotent(registry: Registry) -> None:
