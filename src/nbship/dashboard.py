@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from . import html_page as page
 from .alerts import ALERTS_TABLE, AlertStore, window_metrics
 from .drift import (
     DEFAULT_MIN_ROWS,
@@ -57,10 +58,10 @@ from .drift import (
     DEFAULT_PVALUE_THRESHOLD,
     check_profile,
 )
-from .model_card import _CSS, _badge, _e, _fmt, _Html, _svg
-from .monitor import window_bounds
+from .monitor import drift_verdict, window_bounds
 from .prediction_log import read_log
 from .registry import CHAMPION, ModelVersion, Registry, RegistryError
+from .sqlite import database_file
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
@@ -193,10 +194,11 @@ def _has_table(url: str, table: str) -> bool:
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if not database or database == ":memory:":
-            return False
-        if not database.startswith("file:") and not Path(database).is_file():
+        database = database_file(url)
+        if database is None:  # in memory (empty), unless a file: URI
+            if not (parsed.database or "").startswith("file:"):
+                return False
+        elif not database.is_file():
             return False
     elif parsed.get_driver_name() in ("psycopg", "psycopg2"):
         connect_args["connect_timeout"] = 10
@@ -453,8 +455,10 @@ def _show(value: Any, fmt: str = "") -> str:
 
 def _field(path: str, value: Any, fmt: str = "", tag: str = "span") -> str:
     """An element the script refreshes from the summary's `path`."""
-    attrs = f'data-field="{_e(path)}"' + (f' data-format="{_e(fmt)}"' if fmt else "")
-    return f"<{tag} {attrs}>{_e(_show(value, fmt))}</{tag}>"
+    attrs = f'data-field="{page.escape(path)}"' + (
+        f' data-format="{page.escape(fmt)}"' if fmt else ""
+    )
+    return f"<{tag} {attrs}>{page.escape(_show(value, fmt))}</{tag}>"
 
 
 def _when(value: datetime | None) -> str:
@@ -467,21 +471,6 @@ def _span(value: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)} {unit}"
     return f"{seconds:g} s"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "") -> str:
-    """Cells are escaped unless they are _Html."""
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for cell in row:
-            text = cell if isinstance(cell, _Html) else _e(_fmt(cell))
-            numeric = isinstance(cell, int | float) and not isinstance(cell, bool)
-            cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    ident = f' id="{_e(table_id)}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _time_chart(
@@ -511,9 +500,9 @@ def _time_chart(
         if ax.get_legend_handles_labels()[0]:
             fig.legend(loc="outside right upper")
 
-    svg = _svg(f"chart-{name}", title, (7.0, 2.4), draw)
-    text = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return f'<figure class="chart" data-chart="{_e(name)}">{svg}{text}</figure>'
+    svg = page.svg(f"chart-{name}", title, (7.0, 2.4), draw)
+    text = f"<figcaption>{page.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure class="chart" data-chart="{page.escape(name)}">{svg}{text}</figure>'
 
 
 def _series(values: Sequence[Any]) -> np.ndarray:
@@ -580,24 +569,24 @@ def _charts(summary: Mapping[str, Any], psi_threshold: float) -> list[str]:
 def _versions_section(summary: Mapping[str, Any]) -> str:
     versions = summary["versions"]
     if not versions:
-        return '<p class="note">No model versions registered yet.</p>'
+        return page.note("No model versions registered yet.")
     rows = []
     for v in versions:
-        aliases = _Html(" ".join(_badge(a, "alias") for a in v["aliases"]))
+        aliases = page.Html(" ".join(page.badge(a, "alias") for a in v["aliases"]))
         metric = v["test_metric"]
         shown = (
             "—" if metric["value"] is None else f"{metric['name']} {_show(metric['value'], 'num4')}"
         )
-        gates = _Html(
-            _badge("no gate results", "none")
+        gates = page.Html(
+            page.badge("no gate results", "none")
             if v["gates"] == "none"
-            else _badge("gates passed", "pass")
+            else page.badge("gates passed", "pass")
             if v["gates"] == "passed"
-            else _badge("gates failed", "fail")
+            else page.badge("gates failed", "fail")
         )
         rows.append(
             (
-                _Html(f"<code>{_e(v['tag'])}</code>"),
+                page.Html(f"<code>{page.escape(v['tag'])}</code>"),
                 aliases,
                 _when(v["created_at"]),
                 v["candidate"],
@@ -607,7 +596,7 @@ def _versions_section(summary: Mapping[str, Any]) -> str:
             )
         )
     header = ("version", "aliases", "created", "candidate", "test metric", "gates", "requests")
-    return _table(header, rows, "versions")
+    return page.table(header, rows, table_id="versions")
 
 
 def _mix_section(summary: Mapping[str, Any]) -> str:
@@ -616,7 +605,7 @@ def _mix_section(summary: Mapping[str, Any]) -> str:
     labels = list(dict.fromkeys([*training, *predictions]))
     total = sum(predictions.values())
     if not total:
-        return '<p class="note">No predictions in the period.</p>'
+        return page.note("No predictions in the period.")
     rows = [
         (
             label,
@@ -626,13 +615,13 @@ def _mix_section(summary: Mapping[str, Any]) -> str:
         )
         for label in labels
     ]
-    return _table(("class", "predictions", "share", "share in training"), rows, "mix")
+    return page.table(("class", "predictions", "share", "share in training"), rows, table_id="mix")
 
 
 def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
     drift = summary["drift"]
     if drift["source"] is None:
-        return '<p class="note">No training reference profile: drift is not computed.</p>'
+        return page.note("No training reference profile: drift is not computed.")
     latest = drift["latest"]
     note = (
         f"Newest window with at least {min_rows} rows: {_when(latest['window_start'])} to "
@@ -643,13 +632,7 @@ def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
     rows = []
     for name, period in drift["period"].items():
         recent = (latest or {}).get("features", {}).get(name) or {}
-        verdict = (
-            _badge("drifted", "fail")
-            if period["drifted"]
-            else _badge("ok", "pass")
-            if period["enough_rows"]
-            else _badge("too few rows", "none")
-        )
+        verdict = drift_verdict(period)
         rows.append(
             (
                 name,
@@ -658,22 +641,22 @@ def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
                 period["psi"] if period["enough_rows"] else None,
                 period["pvalue"],
                 period["n"],
-                _Html(verdict),
+                page.Html(verdict),
             )
         )
     header = ("feature", "kind", "PSI (window)", "PSI (period)", "p-value", "rows", "verdict")
-    return f'<p class="note">{_e(note)}</p>' + _table(header, rows, "drift")
+    return page.note(note) + page.table(header, rows, table_id="drift")
 
 
 def _alerts_section(summary: Mapping[str, Any]) -> str:
     alerts = summary["alerts"]
     if alerts is None:
-        return '<p class="note">No alert store yet (`nbship monitor` records alerts).</p>'
+        return page.note("No alert store yet (`nbship monitor` records alerts).")
     if not alerts:
-        return f"<p>{_badge('no alerts in the period', 'pass')}</p>"
+        return f"<p>{page.badge('no alerts in the period', 'pass')}</p>"
     rows = [
         (
-            _Html(_badge(a["rule"], "fail")),
+            page.Html(page.badge(a["rule"], "fail")),
             a["metric"],
             a["value"],
             f"{a['op']} {a['threshold']:g}",
@@ -681,39 +664,38 @@ def _alerts_section(summary: Mapping[str, Any]) -> str:
         )
         for a in alerts
     ]
-    return _table(("rule", "metric", "value", "threshold", "window start"), rows, "alerts")
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+    header = ("rule", "metric", "value", "threshold", "window start")
+    return page.table(header, rows, table_id="alerts")
 
 
 def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
     """The part of the page the script replaces on every refresh."""
     parts = []
     if summary["problems"]:
-        items = "".join(f"<li>{_e(p)}</li>" for p in summary["problems"])
+        items = "".join(f"<li>{page.escape(p)}</li>" for p in summary["problems"])
         parts.append(f'<div class="problems"><strong>Not readable:</strong><ul>{items}</ul></div>')
     if summary["period"]["requests"]:
         charts = "".join(_charts(summary, psi_threshold))
-        parts.append(_section("charts", "Traffic", f'<div class="charts">{charts}</div>'))
+        parts.append(page.section("charts", "Traffic", f'<div class="charts">{charts}</div>'))
     else:
         parts.append(
             '<p id="no-traffic">no traffic yet: the prediction log has no request in the '
             "period.</p>"
         )
-    parts.append(_section("versions-section", "Model versions", _versions_section(summary)))
-    parts.append(_section("mix-section", "Prediction mix", _mix_section(summary)))
+    parts.append(page.section("versions-section", "Model versions", _versions_section(summary)))
+    parts.append(page.section("mix-section", "Prediction mix", _mix_section(summary)))
     parts.append(
-        _section("drift-section", "Drift per feature", _drift_section(summary, summary["min_rows"]))
+        page.section(
+            "drift-section", "Drift per feature", _drift_section(summary, summary["min_rows"])
+        )
     )
-    parts.append(_section("alerts-section", "Alerts", _alerts_section(summary)))
+    parts.append(page.section("alerts-section", "Alerts", _alerts_section(summary)))
     return "\n".join(parts)
 
 
 def _tile(label: str, path: str, value: Any, fmt: str = "") -> str:
     return (
-        f'<div class="tile"><div class="label">{_e(label)}</div>'
+        f'<div class="tile"><div class="label">{page.escape(label)}</div>'
         f'<div class="value">{_field(path, value, fmt)}</div></div>'
     )
 
@@ -736,30 +718,31 @@ def _page(summary: Mapping[str, Any], live: str, refresh_seconds: float) -> str:
         ]
     )
     metric_name = selection.get("name") or "test metric"
+    span_text, window_text = page.escape(_span(span)), page.escape(_span(window))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">
+<meta http-equiv="Content-Security-Policy" content="{page.escape(CSP)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
-<title>{_e(model)}: nbship dashboard</title>
+<title>{page.escape(model)}: nbship dashboard</title>
 <link rel="icon" href="data:,">
-<style>{_CSS}{_CSS_EXTRA}</style>
+<style>{page.CSS}{_CSS_EXTRA}</style>
 </head>
-<body data-refresh="{_e(f"{refresh_seconds:g}")}">
+<body data-refresh="{page.escape(f"{refresh_seconds:g}")}">
 <header>
-<h1>Dashboard: <code>{_e(model)}</code></h1>
-<p class="note">The last {_e(_span(span))} in windows of {_e(_span(window))} (UTC, whole
+<h1>Dashboard: <code>{page.escape(model)}</code></h1>
+<p class="note">The last {span_text} in windows of {window_text} (UTC, whole
 windows). Updated {_field("generated_at", summary["generated_at"], "time")}; refreshed every
-{_e(f"{refresh_seconds:g}")} s <span id="refresh-status"></span></p>
+{page.escape(f"{refresh_seconds:g}")} s <span id="refresh-status"></span></p>
 </header>
 <section class="overview" aria-label="overview">
 <div id="champion">
 <div class="label">Champion</div>
 <div class="tag">{_field("champion.tag", champion.get("tag"), tag="code")}</div>
 <div class="note">candidate {_field("champion.candidate", champion.get("candidate"))};
-{_e(metric_name)} {_field("champion.selection.value", selection.get("value"), "num4")};
+{page.escape(metric_name)} {_field("champion.selection.value", selection.get("value"), "num4")};
 {_field("champion.requests", champion.get("requests"))} requests in the period</div>
 </div>
 <div class="tiles">{tiles}</div>

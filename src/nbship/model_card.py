@@ -12,9 +12,6 @@ value is HTML-escaped here; matplotlib escapes the text it writes into its SVG.
 
 from __future__ import annotations
 
-import html
-import io
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,13 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
+from . import html_page as page
 from .artifacts import atomic_path
 from .data import fingerprint
 from .registry import ModelVersion, split_tag
@@ -50,23 +47,6 @@ RESIDUALS_HEADING = "Residuals"
 MAX_HISTOGRAMS = 12
 MAX_CATEGORIES = 20
 
-# matplotlib settings for every figure of a card
-_RC: dict[str, Any] = {
-    # fixed salt: clip-path and marker ids are the same for the same figure, not random
-    "svg.hashsalt": "nbship-model-card",
-    # text as <text> elements, not glyph outlines: a few KB per figure, and selectable
-    "svg.fonttype": "none",
-    # "$" in a class or column name is text, not mathtext to parse
-    "text.parse_math": False,
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.fontsize": 7,
-    "legend.frameon": False,
-}
 _THIS, _CHAMPION = "#1f77b4", "#a0a0a0"
 _TRAIN, _TEST = "#4c72b0", "#dd8452"
 _SPLIT_COLORS = (_TRAIN, _TEST, _CHAMPION)
@@ -77,127 +57,20 @@ def _split_color(i: int) -> str:
     return _SPLIT_COLORS[i % len(_SPLIT_COLORS)]
 
 
-_CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f;
-       max-width: 1100px; margin: 0 auto; padding: 1rem 1.5rem 3rem; }
-h1 { font-size: 1.6rem; margin: .5rem 0; }
-h2 { font-size: 1.25rem; border-bottom: 2px solid #e3e3e8; padding-bottom: .2rem;
-     margin-top: 2.2rem; }
-h3 { font-size: 1.05rem; margin: 1.4rem 0 .4rem; }
-nav a { margin-right: .9rem; }
-code { font: 12px ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
-       word-break: break-all; }
-table { border-collapse: collapse; margin: .4rem 0 1rem; font-size: 13px; }
-th, td { border: 1px solid #dcdce2; padding: .2rem .55rem; text-align: left;
-         vertical-align: top; }
-thead th { background: #f3f3f6; }
-th[scope=row] { background: #fafafc; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-caption { caption-side: top; text-align: left; font-weight: 600; padding: .2rem 0; }
-.badge { display: inline-block; padding: 0 .5rem; border-radius: .7rem; font-size: 12px;
-         font-weight: 700; letter-spacing: .02em; white-space: nowrap; }
-.pass { background: #d9f2df; color: #14632b; }
-.fail { background: #fbdcdc; color: #9b1c1c; }
-.none { background: #ececf1; color: #4a4a55; }
-.alias { background: #dde8fb; color: #1c3f8f; }
-.better { color: #14632b; }
-.worse { color: #9b1c1c; }
-.figures { display: flex; flex-wrap: wrap; gap: 1.2rem; align-items: flex-start; }
-figure { margin: .4rem 0 1rem; }
-figure svg { max-width: 100%; height: auto; }
-figcaption { font-size: 12px; color: #55555f; max-width: 32rem; }
-.note { color: #55555f; font-size: 13px; }
-footer { margin-top: 3rem; font-size: 12px; color: #77777f; }
-"""
-
-
-class _Html(str):
-    """Markup built in this module from escaped parts: inserted as it is."""
-
-
-class _Num(_Html):
-    """Markup of a number: right-aligned in a table."""
-
-
 # rendering helpers -----------------------------------------------------------------------
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A value as short text: None as a dash, floats to `digits` significant figures,
-    containers as JSON."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool | np.bool_):
-        return "yes" if value else "no"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if _is_number(value):
-        return f"{float(value):.{digits}g}"
-    if isinstance(value, Mapping | list | tuple):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
 
 
 def _metric(value: Any) -> str:
     """Metric values always with 4 decimals, so columns line up and compare by eye."""
-    return f"{float(value):.4f}" if _is_number(value) else _fmt(value)
+    return f"{float(value):.4f}" if page.is_number(value) else page.fmt(value)
 
 
-def _metric_cell(value: Any) -> _Html:
-    return _Num(_e(_metric(value)))
+def _metric_cell(value: Any) -> page.Html:
+    return page.Num(page.escape(_metric(value)))
 
 
-def _cell(value: Any) -> str:
-    return value if isinstance(value, _Html) else _e(_fmt(value))
-
-
-def _td(value: Any) -> str:
-    numeric = _is_number(value) or isinstance(value, _Num)
-    return f'<td class="num">{_cell(value)}</td>' if numeric else f"<td>{_cell(value)}</td>"
-
-
-def _table(
-    header: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None
-) -> _Html:
-    """A table; cells are escaped unless they are _Html."""
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in header)
-    body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{_e(caption)}</caption>" if caption else ""
-    return _Html(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-
-def _kv(rows: Iterable[tuple[str, Any]]) -> _Html:
-    """A two-column table of label -> value."""
-    body = "".join(f'<tr><th scope="row">{_e(k)}</th>{_td(v)}</tr>' for k, v in rows)
-    return _Html(f"<table><tbody>{body}</tbody></table>")
-
-
-def _code(value: Any) -> _Html:
-    return _Html("—" if value is None else f"<code>{_e(value)}</code>")
-
-
-def _badge(text: str, kind: str) -> _Html:
-    return _Html(f'<span class="badge {kind}">{_e(text)}</span>')
-
-
-def _verdict_badge(passed: Any) -> _Html:
-    return _badge("PASSED", "pass") if passed else _badge("FAILED", "fail")
-
-
-def _section(anchor: str, title: str, body: Iterable[str]) -> str:
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{"".join(body)}</section>'
-
-
-def _note(text: str) -> _Html:
-    return _Html(f'<p class="note">{_e(text)}</p>')
+def _verdict_badge(passed: Any) -> page.Html:
+    return page.badge("PASSED", "pass") if passed else page.badge("FAILED", "fail")
 
 
 def _time(value: datetime | str | None) -> str | None:
@@ -207,46 +80,6 @@ def _time(value: datetime | str | None) -> str | None:
 
 
 # figures ---------------------------------------------------------------------------------
-
-_ID = re.compile(r'(?<=\s)id="([^"]+)"(?=[^<>]*>)')
-_REF = re.compile(r'(href="#|url\(#)([^")]+)(?=[^<>]*>)')
-_XMLNS = re.compile(r'\s+xmlns(?::xlink)?="[^"]*"')
-_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-
-
-def _inline_svg(svg: str, prefix: str, label: str) -> str:
-    """matplotlib's SVG file as an element for an HTML page.
-
-    Drops the XML prolog, doctype and RDF metadata (it holds links), and the namespace
-    declarations, which HTML does not need. Ids get `prefix` so that several figures on
-    one page never share an id.
-    """
-    svg = _METADATA.sub("", svg[svg.index("<svg") :])
-    ids = set(_ID.findall(svg))
-    svg = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', svg)
-    svg = _REF.sub(
-        lambda m: f"{m.group(1)}{prefix}-{m.group(2)}" if m.group(2) in ids else m.group(0), svg
-    )
-    end = svg.index(">")
-    root = _XMLNS.sub("", svg[:end]).replace("<svg", f'<svg role="img" aria-label="{_e(label)}"')
-    return (root + svg[end:]).strip()
-
-
-def _svg(fig_id: str, label: str, size: tuple[float, float], draw: Callable[[Figure], None]) -> str:
-    """The figure `draw` fills, as an inline <svg> element."""
-    with matplotlib.rc_context(_RC):
-        # A bare Figure, not pyplot: no GUI backend is touched and nothing is registered
-        # in pyplot's figure list, so there is no figure to close or leak.
-        fig = Figure(figsize=size, layout="constrained")
-        draw(fig)
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return _inline_svg(buf.getvalue(), fig_id, label)
-
-
-def _figure(fig_id: str, svg: str, caption: str | None = None) -> _Html:
-    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return _Html(f'<figure id="{_e(fig_id)}">{svg}{cap}</figure>')
 
 
 def _grouped_bars(
@@ -291,7 +124,7 @@ def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def _splits_table(version: ModelVersion, frames: Mapping[str, pd.DataFrame]) -> _Html:
+def _splits_table(version: ModelVersion, frames: Mapping[str, pd.DataFrame]) -> page.Html:
     recorded: dict[str, Any] = dict(version.extra.get("data_fingerprints") or {})
     if version.data_fingerprint and "train" not in recorded:
         recorded["train"] = version.data_fingerprint
@@ -300,12 +133,12 @@ def _splits_table(version: ModelVersion, frames: Mapping[str, pd.DataFrame]) -> 
         shown, known = fingerprint(frame), recorded.get(name)
         match = None
         if known is not None:
-            match = _badge("same", "pass") if known == shown else _badge("differs", "fail")
-        rows.append((name, len(frame), _code(known), _code(shown), match))
+            match = page.badge("same", "pass") if known == shown else page.badge("differs", "fail")
+        rows.append((name, len(frame), page.code(known), page.code(shown), match))
     for name in sorted(set(recorded) - set(frames)):
-        rows.append((name, None, _code(recorded[name]), None, None))
+        rows.append((name, None, page.code(recorded[name]), None, None))
     header = ("split", "rows", "fingerprint at training", "fingerprint of the rows shown", "match")
-    return _table(header, rows)
+    return page.table(header, rows)
 
 
 def _class_distribution(frames: Mapping[str, pd.DataFrame], target: str) -> list[str]:
@@ -324,23 +157,23 @@ def _class_distribution(frames: Mapping[str, pd.DataFrame], target: str) -> list
         ax.set_ylabel("share of rows")
         ax.set_title(f"{target}: class shares (bars labelled with counts)")
 
-    svg = _svg("fig-classes", f"class distribution of {target}", (4.6, 2.6), draw)
+    svg = page.svg("fig-classes", f"class distribution of {target}", (4.6, 2.6), draw)
     header = ["class"] + [f"{n} {k}" for n in frames for k in ("rows", "share")]
     rows = [
         [str(c)]
-        + [v for n in frames for v in (int(counts[n].get(c, 0)), _Num(f"{shares[n][i]:.3f}"))]
+        + [v for n in frames for v in (int(counts[n].get(c, 0)), page.Num(f"{shares[n][i]:.3f}"))]
         for i, c in enumerate(classes)
     ]
     return [
         "<h3>Class distribution</h3>",
         '<div class="figures">',
-        _figure("fig-classes", svg),
-        _table(header, rows),
+        page.figure("fig-classes", svg),
+        page.table(header, rows),
         "</div>",
     ]
 
 
-def _numeric_summary(frames: Mapping[str, pd.DataFrame], columns: Sequence[str]) -> _Html:
+def _numeric_summary(frames: Mapping[str, pd.DataFrame], columns: Sequence[str]) -> page.Html:
     rows = []
     for column in columns:
         for name, frame in frames.items():
@@ -350,13 +183,13 @@ def _numeric_summary(frames: Mapping[str, pd.DataFrame], columns: Sequence[str])
             stats = [present.mean(), present.std(), present.min(), present.max()]
             share = missing / len(values) if len(values) else 0.0
             numbers = [None if pd.isna(s) else float(s) for s in stats]
-            rows.append((column, name, *numbers, _Num(f"{missing} ({share:.1%})")))
-    return _table(("feature", "split", "mean", "std", "min", "max", "missing"), rows)
+            rows.append((column, name, *numbers, page.Num(f"{missing} ({share:.1%})")))
+    return page.table(("feature", "split", "mean", "std", "min", "max", "missing"), rows)
 
 
 def _histograms(
     fig_id: str, frames: Mapping[str, pd.DataFrame], columns: Sequence[str], label: str
-) -> _Html:
+) -> page.Html:
     """Small multiples: one histogram per column, every split overlaid as a density."""
     shown = list(columns[:MAX_HISTOGRAMS])
     ncols = min(len(shown), 4)
@@ -389,11 +222,11 @@ def _histograms(
         handles, names = axes[0].get_legend_handles_labels()
         fig.legend(handles, names, loc="outside lower center", ncols=len(frames))
 
-    svg = _svg(fig_id, label, (2.2 * ncols, 1.7 * nrows), draw)
+    svg = page.svg(fig_id, label, (2.2 * ncols, 1.7 * nrows), draw)
     caption = "densities, so splits of different sizes compare"
     if len(columns) > len(shown):
         caption += f"; the first {len(shown)} of {len(columns)} columns"
-    return _figure(fig_id, svg, caption)
+    return page.figure(fig_id, svg, caption)
 
 
 def _categorical_counts(frames: Mapping[str, pd.DataFrame], columns: Sequence[str]) -> list[str]:
@@ -413,7 +246,7 @@ def _categorical_counts(frames: Mapping[str, pd.DataFrame], columns: Sequence[st
             others = (int(vc.reindex(rest).fillna(0).sum()) for vc in counts.values())
             rows.append([f"({len(rest)} more values)", *others])
         rows.append(["(missing)", *(int(f[column].isna().sum()) for f in frames.values())])
-        parts.append(_table([column, *frames], rows))
+        parts.append(page.table([column, *frames], rows))
     return parts
 
 
@@ -443,12 +276,12 @@ def _data_section(
             _histograms("fig-histograms", frames, numeric, "numeric feature histograms"),
         ]
     else:
-        parts.append(_note("No numeric features."))
+        parts.append(page.note("No numeric features."))
     parts.append(f"<h3>Categorical features ({len(categorical)})</h3>")
     parts += (
         [f'<div class="figures">{"".join(_categorical_counts(frames, categorical))}</div>']
         if categorical
-        else [_note("No categorical features.")]
+        else [page.note("No categorical features.")]
     )
     return parts
 
@@ -473,17 +306,17 @@ def _direction(name: str) -> str:
     return " ↑" if METRICS[name] else " ↓"
 
 
-def _delta_cell(name: str, mine: Any, theirs: Any) -> _Html | None:
+def _delta_cell(name: str, mine: Any, theirs: Any) -> page.Html | None:
     """this - champion, marked better/worse in the metric's own direction."""
-    if not (_is_number(mine) and _is_number(theirs)):
+    if not (page.is_number(mine) and page.is_number(theirs)):
         return None
     delta = float(mine) - float(theirs)
     text = f"{delta:+.4f}"
     if name not in METRICS or abs(delta) < 1e-12:
-        return _Num(_e(text))
+        return page.Num(page.escape(text))
     better = (delta > 0) == METRICS[name]
     kind = "better" if better else "worse"
-    return _Num(f'<span class="{kind}">{_e(text)} ({kind})</span>')
+    return page.Num(f'<span class="{kind}">{page.escape(text)} ({kind})</span>')
 
 
 def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> list[str]:
@@ -491,18 +324,18 @@ def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> li
     theirs = (champion.metrics or {}) if champion else {}
     splits = _splits_of(mine, theirs)
     if not splits:
-        return [_note("No metrics recorded for this version.")]
+        return [page.note("No metrics recorded for this version.")]
     parts: list[str] = []
     selection = version.extra.get("selection") or {}
     if isinstance(selection, Mapping) and selection.get("metric"):
-        parts.append(_note(f"Selected among candidates by test {selection['metric']}."))
+        parts.append(page.note(f"Selected among candidates by test {selection['metric']}."))
     if champion is None:
         names = _metric_names(*(mine.get(s) or {} for s in splits))
         rows = [
             [f"{n}{_direction(n)}", *(_metric_cell((mine.get(s) or {}).get(n)) for s in splits)]
             for n in names
         ]
-        parts.append(_table(["metric (↑ higher / ↓ lower is better)", *splits], rows))
+        parts.append(page.table(["metric (↑ higher / ↓ lower is better)", *splits], rows))
     else:
         rows = []
         for split in splits:
@@ -524,7 +357,7 @@ def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> li
             f"champion {champion.tag}",
             "Δ this - champion",
         ]
-        parts.append(_table(header, rows))
+        parts.append(page.table(header, rows))
     parts.append(_metrics_chart(version, champion))
     return parts
 
@@ -539,7 +372,9 @@ def _metrics_chart(version: ModelVersion, champion: ModelVersion | None) -> str:
         a, b = mine.get("test") or {}, mine.get("train") or {}
         sides = [("test", a, _TEST), ("train", b, _TRAIN)]
         title = "metrics: test vs train"
-    names = [n for n in _metric_names(a, b) if _is_number(a.get(n)) and _is_number(b.get(n))]
+    names = [
+        n for n in _metric_names(a, b) if page.is_number(a.get(n)) and page.is_number(b.get(n))
+    ]
     if not names:
         return ""
     series = [(label, [float(m[n]) for n in names], color) for label, m, color in sides]
@@ -550,8 +385,8 @@ def _metrics_chart(version: ModelVersion, champion: ModelVersion | None) -> str:
         _grouped_bars(ax, [f"{n}{_direction(n)}" for n in names], series, labels)
         ax.set_title(title)
 
-    svg = _svg("fig-metrics", title, (max(3.2, 1.3 * len(names) + 1), 2.6), draw)
-    return _figure("fig-metrics", svg, "↑ higher is better, ↓ lower is better")
+    svg = page.svg("fig-metrics", title, (max(3.2, 1.3 * len(names) + 1), 2.6), draw)
+    return page.figure("fig-metrics", svg, "↑ higher is better, ↓ lower is better")
 
 
 # predictions -----------------------------------------------------------------------------
@@ -595,7 +430,9 @@ def _confusion_figure(
         ax.set_title(title)
 
     side = 1.0 + 0.55 * n
-    return _svg(fig_id, f"confusion matrix: {title}", (max(2.8, side + 0.8), max(2.4, side)), draw)
+    return page.svg(
+        fig_id, f"confusion matrix: {title}", (max(2.8, side + 0.8), max(2.4, side)), draw
+    )
 
 
 def _confusion_section(models: Sequence[_Predictor], test: pd.DataFrame, target: str) -> list[str]:
@@ -613,11 +450,11 @@ def _confusion_section(models: Sequence[_Predictor], test: pd.DataFrame, target:
         correct, total = int(np.trace(cm)), int(cm.sum())
         caption = f"{title}: {correct} of {total} test rows right ({correct / max(total, 1):.1%})"
         svg = _confusion_figure(fig_id, title, cm, names, vmax)
-        figures.append(_figure(fig_id, svg, caption))
+        figures.append(page.figure(fig_id, svg, caption))
         rows = [[f"actual {names[i]}", *(int(v) for v in cm[i])] for i in range(len(names))]
-        tables.append(_table(["", *(f"predicted {n}" for n in names)], rows, caption=title))
+        tables.append(page.table(["", *(f"predicted {n}" for n in names)], rows, caption=title))
     return [
-        _note(f"{len(y)} test rows; rows are the actual class, columns the predicted one."),
+        page.note(f"{len(y)} test rows; rows are the actual class, columns the predicted one."),
         f'<div class="figures">{"".join(figures)}</div>',
         f'<details><summary>The counts as tables</summary><div class="figures">{"".join(tables)}'
         "</div></details>",
@@ -648,9 +485,11 @@ def _residual_section(models: Sequence[_Predictor], test: pd.DataFrame, target: 
         residual = y - predicted
         rmse = float(np.sqrt(np.nanmean(residual**2))) if residual.size else float("nan")
         mae = float(np.nanmean(np.abs(residual))) if residual.size else float("nan")
-        svg = _svg(fig_id, f"residuals: {title}", (3.6, 2.6), _residual_plot(predicted, y, title))
-        caption = f"{title}: RMSE {_fmt(rmse)}, MAE {_fmt(mae)} on {len(y)} test rows"
-        figures.append(_figure(fig_id, svg, caption))
+        svg = page.svg(
+            fig_id, f"residuals: {title}", (3.6, 2.6), _residual_plot(predicted, y, title)
+        )
+        caption = f"{title}: RMSE {page.fmt(rmse)}, MAE {page.fmt(mae)} on {len(y)} test rows"
+        figures.append(page.figure(fig_id, svg, caption))
     return [f'<div class="figures">{"".join(figures)}</div>']
 
 
@@ -666,38 +505,41 @@ def _latest_verdicts(gates: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[st
     return latest
 
 
-def _gate_status(gates: Sequence[Mapping[str, Any]]) -> _Html:
+def _gate_status(gates: Sequence[Mapping[str, Any]]) -> page.Html:
     if not gates:
-        return _badge("no gate results recorded", "none")
+        return page.badge("no gate results recorded", "none")
     latest = _latest_verdicts(gates)
     failed = [name for name, v in latest.items() if not v.get("passed")]
     if not failed:
-        return _badge(f"all {len(latest)} gates passed", "pass")
-    return _Html(
-        _badge(f"FAILED: {', '.join(failed)}", "fail")
-        + _e(f" ({len(failed)} of {len(latest)} gates failed)")
+        return page.badge(f"all {len(latest)} gates passed", "pass")
+    return page.Html(
+        page.badge(f"FAILED: {', '.join(failed)}", "fail")
+        + page.escape(f" ({len(failed)} of {len(latest)} gates failed)")
     )
 
 
-def _scalars(evidence: Mapping[str, Any], skip: Iterable[str] = ()) -> _Html:
+def _scalars(evidence: Mapping[str, Any], skip: Iterable[str] = ()) -> page.Html:
     """The evidence's top-level values as a label -> value table (nested ones as JSON)."""
     skipped = set(skip)
     rows = [
-        (k.replace("_", " "), _code(_fmt(v)) if isinstance(v, Mapping | list | tuple) else v)
+        (
+            k.replace("_", " "),
+            page.code(page.fmt(v)) if isinstance(v, Mapping | list | tuple) else v,
+        )
         for k, v in evidence.items()
         if k not in skipped
     ]
-    return _kv(rows) if rows else _Html("")
+    return page.kv(rows) if rows else page.Html("")
 
 
 def _differential_evidence(evidence: Mapping[str, Any], _fig_id: str) -> list[str]:
     rows = evidence.get("rows") or []
     parts: list[str] = [_scalars(evidence, skip=("rows",))]
     if not rows:
-        return [*parts, _note("No golden-set row changed its label or moved a probability.")]
+        return [*parts, page.note("No golden-set row changed its label or moved a probability.")]
     listed = f"{len(rows)} of {evidence.get('n_differing', len(rows))} differing rows"
     parts.append(
-        _table(
+        page.table(
             ("golden row", "champion label (old)", "this version (new)", "max probability Δ"),
             [(r.get("row"), r.get("old"), r.get("new"), r.get("max_prob_delta")) for r in rows],
             caption=f"Changed rows: {listed}",
@@ -710,10 +552,12 @@ def _benchmark_evidence(evidence: Mapping[str, Any], fig_id: str) -> list[str]:
     old = evidence.get("champion_ms") or {}
     new = evidence.get("challenger_ms") or {}
     ratio = evidence.get("latency_ratio") or {}
-    quantiles = [q for q in ("p50", "p99") if _is_number(old.get(q)) and _is_number(new.get(q))]
+    quantiles = [
+        q for q in ("p50", "p99") if page.is_number(old.get(q)) and page.is_number(new.get(q))
+    ]
     parts: list[str] = [
         _scalars(evidence, skip=("champion_ms", "challenger_ms", "latency_ratio")),
-        _table(
+        page.table(
             ("predict_proba latency", "champion ms", "challenger (this) ms", "ratio"),
             [(q, old.get(q), new.get(q), ratio.get(q)) for q in ("p50", "p99")],
         ),
@@ -730,25 +574,25 @@ def _benchmark_evidence(evidence: Mapping[str, Any], fig_id: str) -> list[str]:
         labels = [[f"{v:.2f}" for v in values] for _, values, _ in series]
         _grouped_bars(ax, quantiles, series, labels)
         ax.set_ylabel("ms per batch")
-        ax.set_title(f"predict_proba on {_fmt(evidence.get('batch_rows'))} rows")
+        ax.set_title(f"predict_proba on {page.fmt(evidence.get('batch_rows'))} rows")
 
-    svg = _svg(fig_id, "benchmark latencies", (3.2, 2.4), draw)
-    return [*parts, _figure(fig_id, svg, "p50 and p99 over the repeats")]
+    svg = page.svg(fig_id, "benchmark latencies", (3.2, 2.4), draw)
+    return [*parts, page.figure(fig_id, svg, "p50 and p99 over the repeats")]
 
 
 def _invariance_evidence(evidence: Mapping[str, Any], _fig_id: str) -> list[str]:
     checks = evidence.get("checks") or []
     parts: list[str] = [_scalars(evidence, skip=("checks",))]
     if not checks:
-        return [*parts, _note("No invariance checks configured.")]
+        return [*parts, page.note("No invariance checks configured.")]
     rows = []
     for check in checks:
         limit = check.get("max_changed_share")
         for value, share in (check.get("changed_share") or {}).items():
-            ok = _is_number(share) and _is_number(limit) and share <= limit + 1e-12
+            ok = page.is_number(share) and page.is_number(limit) and share <= limit + 1e-12
             rows.append((check.get("column"), value, share, limit, _verdict_badge(ok)))
     parts.append(
-        _table(("column", "set to", "share of labels changed", "max share", "result"), rows)
+        page.table(("column", "set to", "share of labels changed", "max share", "result"), rows)
     )
     return parts
 
@@ -766,11 +610,11 @@ _EVIDENCE: dict[str, Callable[[Mapping[str, Any], str], list[str]]] = {
 
 def _gates_section(gates: Sequence[Mapping[str, Any]]) -> list[str]:
     if not gates:
-        return [_note("No gate results recorded for this version.")]
+        return [page.note("No gate results recorded for this version.")]
     parts: list[str] = []
     if len(gates) > len(_latest_verdicts(gates)):
         parts.append(
-            _note(
+            page.note(
                 f"{len(gates)} verdicts from several gate runs, oldest first; the overview "
                 "uses the latest verdict of each gate."
             )
@@ -779,13 +623,13 @@ def _gates_section(gates: Sequence[Mapping[str, Any]]) -> list[str]:
         (i, v.get("gate"), _verdict_badge(v.get("passed")), v.get("message"))
         for i, v in enumerate(gates, 1)
     ]
-    parts.append(_table(("#", "gate", "result", "message"), rows))
+    parts.append(page.table(("#", "gate", "result", "message"), rows))
     for i, verdict in enumerate(gates, 1):
         gate = str(verdict.get("gate"))
         evidence = verdict.get("evidence")
-        parts.append(f"<h3>#{i} {_e(gate)} {_verdict_badge(verdict.get('passed'))}</h3>")
+        parts.append(f"<h3>#{i} {page.escape(gate)} {_verdict_badge(verdict.get('passed'))}</h3>")
         if not isinstance(evidence, Mapping) or not evidence:
-            parts.append(_note("No evidence recorded."))
+            parts.append(page.note("No evidence recorded."))
             continue
         render = _EVIDENCE.get(gate, _generic_evidence)
         parts += render(evidence, f"fig-gate-{i}-{re.sub(r'[^a-z0-9]+', '-', gate.lower())}")
@@ -804,30 +648,30 @@ def _reports_link(reports: str | None) -> Any:
     path = Path(reports)
     # quote() keeps a relative path from ever reading as a scheme ("javascript:...")
     href = path.as_uri() if path.is_absolute() else quote(path.as_posix())
-    return _Html(f'<a href="{_e(href)}"><code>{_e(reports)}</code></a>')
+    return page.Html(f'<a href="{page.escape(href)}"><code>{page.escape(reports)}</code></a>')
 
 
 def _latency(predict_ms: Mapping[str, Any]) -> str | None:
     if not predict_ms:
         return None
-    return ", ".join(f"{k} {_fmt(v)} ms" for k, v in predict_ms.items())
+    return ", ".join(f"{k} {page.fmt(v)} ms" for k, v in predict_ms.items())
 
 
 def _provenance_section(version: ModelVersion) -> list[str]:
     commit = version.git_commit
     if commit and commit.endswith("-dirty"):
-        commit_cell: Any = _Html(f"{_code(commit)} (built from uncommitted changes)")
+        commit_cell: Any = page.Html(f"{page.code(commit)} (built from uncommitted changes)")
     else:
-        commit_cell = _code(commit)
+        commit_cell = page.code(commit)
     train_seconds = None if version.train_seconds is None else f"{version.train_seconds:.3f} s"
     parts: list[str] = [
-        _kv(
+        page.kv(
             [
                 ("model name", version.name),
                 ("version", version.version),
-                ("bento", _code(version.bento_tag)),
+                ("bento", page.code(version.bento_tag)),
                 ("candidate", version.candidate),
-                ("definition hash", _code(version.definition_hash)),
+                ("definition hash", page.code(version.definition_hash)),
                 ("git commit", commit_cell),
                 ("training time", train_seconds),
                 ("one-row predict latency", _latency(version.predict_ms or {})),
@@ -839,14 +683,14 @@ def _provenance_section(version: ModelVersion) -> list[str]:
     # python first, then the libraries by name
     libraries = sorted((version.versions or {}).items(), key=lambda kv: (kv[0] != "python", kv[0]))
     parts.append(
-        _table(("library", "version"), libraries) if libraries else _note("None recorded.")
+        page.table(("library", "version"), libraries) if libraries else page.note("None recorded.")
     )
     parts.append("<h3>Parameters</h3>")
     params = _flatten(version.params or {})
     parts.append(
-        _table(("parameter", "value"), sorted(params.items()))
+        page.table(("parameter", "value"), sorted(params.items()))
         if params
-        else _note("No parameters recorded (the estimator's defaults).")
+        else page.note("No parameters recorded (the estimator's defaults).")
     )
     other = {k: v for k, v in (version.extra or {}).items() if k not in _SHOWN_EXTRA}
     if other:
@@ -877,18 +721,18 @@ def _overview(
         alias_cell: Any = "not known (no aliases given)"
     else:
         own = sorted(a for a, tag in aliases.items() if tag == version.tag)
-        alias_cell = _Html(" ".join(_badge(a, "alias") for a in own)) if own else "none"
+        alias_cell = page.Html(" ".join(page.badge(a, "alias") for a in own)) if own else "none"
     selection = version.extra.get("selection") or {}
     chosen = (
-        f"best test {selection.get('metric')} among candidates ({_fmt(selection.get('value'))})"
+        f"best test {selection.get('metric')} among candidates ({page.fmt(selection.get('value'))})"
         if isinstance(selection, Mapping) and selection.get("metric")
         else None
     )
     classes = version.extra.get("classes")
     return [
-        _kv(
+        page.kv(
             [
-                ("tag", _code(version.tag)),
+                ("tag", page.code(version.tag)),
                 ("candidate", version.candidate),
                 ("registered", _time(version.created_at)),
                 ("trained", _time(version.extra.get("trained_at"))),
@@ -896,7 +740,7 @@ def _overview(
                 ("promotion gates", _gate_status(version.gates or [])),
                 ("selected as", chosen),
                 ("target", target if not classes else f"{target} ({', '.join(map(str, classes))})"),
-                ("compared with", _code(champion.tag) if champion else "no champion given"),
+                ("compared with", page.code(champion.tag) if champion else "no champion given"),
             ]
         )
     ]
@@ -950,20 +794,21 @@ def render_card(
         "gates": _gates_section(version.gates or []),
         "provenance": _provenance_section(version),
     }
-    sections = "\n".join(_section(a, titles[a], bodies[a]) for a, _ in SECTIONS)
-    nav = "".join(f'<a href="#{a}">{_e(titles[a])}</a>' for a, _ in SECTIONS)
+    sections = "\n".join(page.section(a, titles[a], bodies[a]) for a, _ in SECTIONS)
+    nav = "".join(f'<a href="#{a}">{page.escape(titles[a])}</a>' for a, _ in SECTIONS)
     status = _gate_status(version.gates or [])
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    tag = page.escape(version.tag)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Model card {_e(version.tag)}</title>
-<style>{_CSS}</style>
+<title>Model card {page.escape(version.tag)}</title>
+<style>{page.CSS}</style>
 </head>
 <body>
-<header><h1>Model card <code>{_e(version.tag)}</code></h1><p>{status}</p><nav>{nav}</nav></header>
+<header><h1>Model card <code>{tag}</code></h1><p>{status}</p><nav>{nav}</nav></header>
 {sections}
 <footer>Generated <time datetime="{now}">{now}</time> by nbship.
 Self-contained: no scripts, nothing fetched.</footer>

@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from . import html_page as page
 from .alerts import (
     Alert,
     AlertStore,
@@ -47,20 +48,6 @@ from .drift import (
     MISSING,
     OTHER,
     check_profile,
-)
-from .model_card import (
-    _CSS,
-    _badge,
-    _e,
-    _figure,
-    _fmt,
-    _Html,
-    _kv,
-    _note,
-    _Num,
-    _section,
-    _svg,
-    _table,
 )
 from .prediction_log import read_log
 
@@ -82,6 +69,15 @@ _CSS_EXTRA = "td.drifted { background: #fbdcdc; font-weight: 600; }"
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def drift_verdict(result: Mapping[str, Any]) -> page.Html:
+    """A feature's drift verdict as a badge: drifted, ok, or too few rows to say."""
+    if result["drifted"]:
+        return page.badge("drifted", "fail")
+    if result["enough_rows"]:
+        return page.badge("ok", "pass")
+    return page.badge("too few rows", "none")
 
 
 def window_bounds(
@@ -213,7 +209,7 @@ def _time_figure(
     label: str,
     draw_axes: Callable[[Axes], None],
     caption: str,
-) -> _Html:
+) -> page.Html:
     """A figure over the period's windows (the whole period on the time axis, empty
     windows included)."""
 
@@ -225,7 +221,7 @@ def _time_figure(
         if ax.get_legend_handles_labels()[0]:
             fig.legend(loc="outside right upper")
 
-    return _figure(fig_id, _svg(fig_id, label, (7.2, 2.6), draw), caption)
+    return page.figure(fig_id, page.svg(fig_id, label, (7.2, 2.6), draw), caption)
 
 
 def _rule_lines(ax: Axes, analysis: _Analysis, metrics: Sequence[str]) -> None:
@@ -245,7 +241,7 @@ def _rule_lines(ax: Axes, analysis: _Analysis, metrics: Sequence[str]) -> None:
 
 
 def _pct(value: Any) -> Any:
-    return None if value is None else _Num(_e(f"{100 * float(value):.1f}%"))
+    return None if value is None else page.Num(page.escape(f"{100 * float(value):.1f}%"))
 
 
 # sections -----------------------------------------------------------------------------------
@@ -256,7 +252,7 @@ def _summary(analysis: _Analysis) -> list[str]:
     drift = p["drift"]
     drifted = [name for name, r in drift.items() if r["drifted"]]
     parts: list[str] = [
-        _kv(
+        page.kv(
             [
                 ("period (whole windows)", f"{_when(analysis.since)} to {_when(analysis.until)}"),
                 ("window", str(analysis.window)),
@@ -271,7 +267,9 @@ def _summary(analysis: _Analysis) -> list[str]:
                 ("models seen", ", ".join(sorted(p["models"])) or "none"),
                 (
                     "features drifted over the period",
-                    _badge(", ".join(drifted), "fail") if drifted else _badge("none", "pass"),
+                    page.badge(", ".join(drifted), "fail")
+                    if drifted
+                    else page.badge("none", "pass"),
                 ),
                 ("alerts in the period", len(analysis.alerts)),
             ]
@@ -279,19 +277,19 @@ def _summary(analysis: _Analysis) -> list[str]:
     ]
     if p["models"]:
         rows = sorted(p["models"].items(), key=lambda kv: -kv[1])
-        parts.append(_table(("model", "requests"), rows, caption="Models that answered"))
+        parts.append(page.table(("model", "requests"), rows, caption="Models that answered"))
     parts.append(_requests_figure(analysis))
     if analysis.profile is None:
-        parts.append(_note("No training reference profile: drift is not computed."))
+        parts.append(page.note("No training reference profile: drift is not computed."))
     return parts
 
 
 def _latency_text(metrics: Mapping[str, Any]) -> str | None:
     p50, p99 = metrics["latency_p50_ms"], metrics["latency_p99_ms"]
-    return None if p50 is None else f"{_fmt(p50)} / {_fmt(p99)}"
+    return None if p50 is None else f"{page.fmt(p50)} / {page.fmt(p99)}"
 
 
-def _requests_figure(analysis: _Analysis) -> _Html:
+def _requests_figure(analysis: _Analysis) -> page.Html:
     x = _x(analysis)
     width = analysis.window / 1.25
 
@@ -312,15 +310,15 @@ def _alerts_section(analysis: _Analysis) -> list[str]:
     parts: list[str] = []
     if analysis.rules:
         rows = [(r.name, r.metric, f"{r.op} {r.threshold:g}") for r in analysis.rules]
-        parts.append(_table(("rule", "metric", "fires when"), rows, caption="Rules"))
+        parts.append(page.table(("rule", "metric", "fires when"), rows, caption="Rules"))
     else:
-        parts.append(_note("No alert rules configured."))
+        parts.append(page.note("No alert rules configured."))
     if not analysis.alerts:
-        parts.append(_Html(f"<p>{_badge('no alerts in the period', 'pass')}</p>"))
+        parts.append(page.Html(f"<p>{page.badge('no alerts in the period', 'pass')}</p>"))
         return parts
     rows = [
         (
-            _badge(a.rule, "fail"),
+            page.badge(a.rule, "fail"),
             a.metric,
             a.value,
             f"{a.op} {a.threshold:g}",
@@ -330,7 +328,7 @@ def _alerts_section(analysis: _Analysis) -> list[str]:
         for a in analysis.alerts
     ]
     parts.append(
-        _table(
+        page.table(
             ("rule", "metric", "value", "threshold", "window", "recorded"),
             rows,
             caption=f"{len(analysis.alerts)} alert(s)",
@@ -349,7 +347,7 @@ def _bin_labels(edges: Sequence[float]) -> list[str]:
 
 def _distribution_figure(
     i: int, name: str, reference: Mapping[str, Any], live: Mapping[str, Any] | None
-) -> _Html:
+) -> page.Html:
     """Training vs live shares of one feature: over the reference's quantile bins
     (numeric) or categories (categorical), with the missing share as a last bar."""
     if reference["kind"] == "numeric":
@@ -384,41 +382,36 @@ def _distribution_figure(
         ax.set_title(name)
         fig.legend(loc="outside lower center", ncols=2)
 
-    svg = _svg(fig_id, f"distribution of {name}, live vs training", (3.6, 2.8), draw)
+    svg = page.svg(fig_id, f"distribution of {name}, live vs training", (3.6, 2.8), draw)
     caption = "numeric: the training quantile bins" if reference["kind"] == "numeric" else None
-    return _figure(fig_id, svg, caption)
+    return page.figure(fig_id, svg, caption)
 
 
-def _drift_table(drift: Mapping[str, Mapping[str, Any]]) -> _Html:
+def _drift_table(drift: Mapping[str, Mapping[str, Any]]) -> page.Html:
     rows = []
     for name, r in drift.items():
         test = (
-            f"KS D={_fmt(r.get('ks_stat'), 3)}, p={_fmt(r.get('ks_pvalue'), 3)}"
+            f"KS D={page.fmt(r.get('ks_stat'), 3)}, p={page.fmt(r.get('ks_pvalue'), 3)}"
             if r["kind"] == "numeric"
-            else f"chi² p={_fmt(r.get('chi2_pvalue'), 3)}"
+            else f"chi² p={page.fmt(r.get('chi2_pvalue'), 3)}"
         )
-        verdict = (
-            _badge("drifted", "fail")
-            if r["drifted"]
-            else _badge("ok", "pass")
-            if r["enough_rows"]
-            else _badge("too few rows", "none")
+        rows.append(
+            (name, r["kind"], r["n"], _pct(r["missing_share"]), r["psi"], test, drift_verdict(r))
         )
-        rows.append((name, r["kind"], r["n"], _pct(r["missing_share"]), r["psi"], test, verdict))
     header = ("feature", "kind", "live rows", "missing", "PSI", "test", "verdict")
-    return _table(header, rows)
+    return page.table(header, rows)
 
 
 def _distributions(analysis: _Analysis) -> list[str]:
     if analysis.profile is None:
-        return [_note("No training reference profile given.")]
+        return [page.note("No training reference profile given.")]
     drift = analysis.period["drift"]
     figures = [
         _distribution_figure(i, name, reference, drift.get(name))
         for i, (name, reference) in enumerate(analysis.profile["features"].items())
     ]
     return [
-        _note(
+        page.note(
             f"The whole period's inputs of successful requests against the training data "
             f"({analysis.profile.get('n_rows')} rows). A feature is flagged when its PSI "
             f"reaches {analysis.psi_threshold:g} and the test's p-value is significant."
@@ -430,7 +423,7 @@ def _distributions(analysis: _Analysis) -> list[str]:
 
 def _drift_section(analysis: _Analysis) -> list[str]:
     if analysis.profile is None:
-        return [_note("No training reference profile given.")]
+        return [page.note("No training reference profile given.")]
     names = list(analysis.profile["features"])
     x = _x(analysis)
 
@@ -452,7 +445,7 @@ def _drift_section(analysis: _Analysis) -> list[str]:
         cells: list[Any] = [_when(m["window_start"]), m["records"]]
         for name in names:
             r = m["drift"][name]
-            text = _e(_fmt(r["psi"], 3)) if r["enough_rows"] else "—"
+            text = page.escape(page.fmt(r["psi"], 3)) if r["enough_rows"] else "—"
             css = "num drifted" if r["drifted"] else "num"
             cells.append(_Cell(text, css))
         rows.append(cells)
@@ -471,8 +464,8 @@ class _Cell:
         self.html, self.css = html, css
 
 
-def _cell_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> _Html:
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in header)
+def _cell_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> page.Html:
+    head = "".join(f'<th scope="col">{page.escape(h)}</th>' for h in header)
     body = []
     for row in rows:
         cells = []
@@ -480,10 +473,10 @@ def _cell_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
             if isinstance(cell, _Cell):
                 cells.append(f'<td class="{cell.css}">{cell.html}</td>')
             else:
-                cells.append(f"<td>{_e(_fmt(cell))}</td>")
+                cells.append(f"<td>{page.escape(page.fmt(cell))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return _Html(
-        f"<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>"
+    return page.Html(
+        f"<table><caption>{page.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
 
@@ -493,7 +486,7 @@ def _mix_section(analysis: _Analysis) -> list[str]:
     for m in analysis.windows:
         classes += [c for c in m["predictions"] if c not in classes]
     if not classes:
-        return [_note("No predictions in the period.")]
+        return [page.note("No predictions in the period.")]
     x = _x(analysis)
     width = analysis.window / 1.25
 
@@ -524,7 +517,7 @@ def _mix_section(analysis: _Analysis) -> list[str]:
         for label in classes
     ]
     header = ("class", "predictions", "share in the period", "share in training")
-    return [figure, _table(header, rows)]
+    return [figure, page.table(header, rows)]
 
 
 def _latency_section(analysis: _Analysis) -> list[str]:
@@ -568,42 +561,46 @@ def _errors_section(analysis: _Analysis) -> list[str]:
     if fields:
         rows = sorted(fields.items(), key=lambda kv: (-kv[1], kv[0]))
         parts.append(
-            _table(
+            page.table(
                 ("field", "rejected requests"),
                 rows,
                 caption="Rejected requests (4xx) by the field the error names",
             )
         )
     else:
-        parts.append(_note("No request was rejected as invalid."))
+        parts.append(page.note("No request was rejected as invalid."))
     return parts
 
 
 def _quality_section(analysis: _Analysis) -> list[str]:
     if analysis.suite_path is None:
-        return [_note("No expectations suite given: the data-quality check did not run.")]
+        return [page.note("No expectations suite given: the data-quality check did not run.")]
     dq = analysis.period["dq"]
     if analysis.profile is None:
-        return [_note("No training reference profile (the feature list): the suite did not run.")]
+        return [
+            page.note("No training reference profile (the feature list): the suite did not run.")
+        ]
     if dq is None:
         return [
-            _note(f"Fewer than {analysis.min_rows} records in the period: the suite did not run.")
+            page.note(
+                f"Fewer than {analysis.min_rows} records in the period: the suite did not run."
+            )
         ]
     verdict = (
-        _badge(f"all {dq['evaluated']} expectations met", "pass")
+        page.badge(f"all {dq['evaluated']} expectations met", "pass")
         if dq["success"]
-        else _badge(f"{len(dq['failures'])} of {dq['evaluated']} expectations failed", "fail")
+        else page.badge(f"{len(dq['failures'])} of {dq['evaluated']} expectations failed", "fail")
     )
     parts: list[str] = [
-        _note(
+        page.note(
             f"The suite {Path(analysis.suite_path).name} (its expectations on the model's "
             "features) on every input record of a successful request in the period."
         ),
-        _Html(f"<p>{verdict}</p>"),
+        page.Html(f"<p>{verdict}</p>"),
     ]
     if dq["failures"]:
         rows = [(f["expectation"], f["column"], f["detail"]) for f in dq["failures"]]
-        parts.append(_table(("expectation", "column", "what was found"), rows))
+        parts.append(page.table(("expectation", "column", "what was found"), rows))
     return parts
 
 
@@ -618,24 +615,25 @@ def _render(analysis: _Analysis, title: str) -> str:
         "errors": _errors_section(analysis),
         "quality": _quality_section(analysis),
     }
-    sections = "\n".join(_section(a, t, bodies[a]) for a, t in SECTIONS)
-    nav = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in SECTIONS)
+    sections = "\n".join(page.section(a, t, bodies[a]) for a, t in SECTIONS)
+    nav = "".join(f'<a href="#{a}">{page.escape(t)}</a>' for a, t in SECTIONS)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     status = (
-        _badge(f"{len(analysis.alerts)} alert(s)", "fail")
+        page.badge(f"{len(analysis.alerts)} alert(s)", "fail")
         if analysis.alerts
-        else _badge("no alerts", "pass")
+        else page.badge("no alerts", "pass")
     )
+    period = f"{page.escape(_when(analysis.since))} to {page.escape(_when(analysis.until))}"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
-<style>{_CSS}{_CSS_EXTRA}</style>
+<title>{page.escape(title)}</title>
+<style>{page.CSS}{_CSS_EXTRA}</style>
 </head>
 <body>
-<header><h1>{_e(title)}</h1><p>{_e(_when(analysis.since))} to {_e(_when(analysis.until))}
+<header><h1>{page.escape(title)}</h1><p>{period}
 {status}</p><nav>{nav}</nav></header>
 {sections}
 <footer>Generated <time datetime="{now}">{now}</time> by nbship monitor.
