@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import bentoml
+from prometheus_client import Counter, Gauge
 
 from .drift import feature_drift
 from .prediction_log import LogEntry
@@ -24,27 +24,27 @@ WINDOW = 500
 EVERY = 100
 MIN_SECONDS = 5.0
 
-PREDICTIONS = bentoml.metrics.Counter(
+PREDICTIONS = Counter(
     name="nbship_predictions",
     documentation="Records answered, by model tag and predicted class",
     labelnames=["model_tag", "label"],
 )
-VALIDATION_FAILURES = bentoml.metrics.Counter(
+VALIDATION_FAILURES = Counter(
     name="nbship_validation_failures",
     documentation="Rejected input records, by the field that broke a rule",
     labelnames=["field"],
 )
-MODEL_INFO = bentoml.metrics.Gauge(
+MODEL_INFO = Gauge(
     name="nbship_model_info",
     documentation="1 for the model serving now (tag, where it came from, inference path)",
     labelnames=["model_tag", "source", "inference"],
 )
-DRIFT_PSI = bentoml.metrics.Gauge(
+DRIFT_PSI = Gauge(
     name="nbship_feature_drift_psi",
     documentation=f"PSI of each feature over the last {WINDOW} records vs the training data",
     labelnames=["feature"],
 )
-DRIFTED = bentoml.metrics.Gauge(
+DRIFTED = Gauge(
     name="nbship_feature_drifted",
     documentation="1 when the feature's drift is also significant (see nbship.drift)",
     labelnames=["feature"],
@@ -71,7 +71,11 @@ def _labels(outputs: Any) -> list[str]:
     """The predicted labels of an answer: parsed data, or the service's raw JSON (read
     with a regex: decoding a 1,000-row answer per request costs more than predicting)."""
     if isinstance(outputs, bytes):
-        return [json.loads(b'"' + m + b'"') for m in _LABEL.findall(outputs)]
+        # a JSON string without escapes is its own text: decode only the rare others
+        return [
+            json.loads(b'"' + m + b'"') if b"\\" in m else m.decode()
+            for m in _LABEL.findall(outputs)
+        ]
     return [p["label"] for p in outputs or []]
 
 
