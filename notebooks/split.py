@@ -1,9 +1,11 @@
 # %% [markdown]
 # # Split
 # Stratified train / test split and a small pinned golden set for later comparisons.
+# Labelled feedback is split the same way and added to train and test; the golden set
+# stays on the source data.
 
 # %% tags=["parameters"]
-upstream = ["validate", "load"]
+upstream = ["validate", "load", "feedback"]
 product = None
 target = "species"
 test_size = 0.25
@@ -14,17 +16,22 @@ seed = 42
 import pandas as pd
 
 from nbship import data
-from nbship.artifacts import write_frame, write_json
+from nbship.artifacts import read_json, write_frame, write_json
 
 raw = pd.read_parquet(upstream["load"]["data"])
-parts = data.split(raw, target=target, test_size=test_size, golden_size=golden_size, seed=seed)
+feedback = pd.read_parquet(upstream["feedback"]["data"])
+parts, from_feedback = data.split_with_feedback(
+    raw, feedback, target=target, test_size=test_size, golden_size=golden_size, seed=seed
+)
 for name in ("train", "test", "golden"):
     write_frame(getattr(parts, name), product[name])
 write_json(
     {
         "rows": {"train": len(parts.train), "test": len(parts.test), "golden": len(parts.golden)},
+        "feedback": {**read_json(upstream["feedback"]["summary"]), "split": from_feedback},
         "fingerprints": {
             "raw": data.fingerprint(raw),
+            "feedback": data.fingerprint(feedback),
             "train": data.fingerprint(parts.train),
             "test": data.fingerprint(parts.test),
             "golden": data.fingerprint(parts.golden),

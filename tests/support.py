@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,6 +17,38 @@ from pathlib import Path
 import httpx
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+async def load_until(
+    url: str, done: asyncio.Event, body: object, workers: int = 4
+) -> list[tuple[int, str]]:
+    """`workers` connections POST `body` to /predict back to back until `done`; returns
+    each answer's status and the model tag it names, in order."""
+    answers: list[tuple[int, str]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def worker() -> None:
+            while not done.is_set():
+                response = await client.post("/predict", json=body)
+                tag = response.json().get("model", "") if response.status_code == 200 else ""
+                answers.append((response.status_code, tag))
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return answers
+
+
+def info(url: str) -> dict:
+    return httpx.get(f"{url}/info", timeout=10).json()
+
+
+def wait_for_tag(url: str, tag: str, timeout: float = 20) -> bool:
+    """Polls /info until the server says it serves `tag`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if info(url)["model_tag"] == tag:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def free_port() -> int:

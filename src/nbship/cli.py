@@ -228,8 +228,10 @@ def k8s(project: Path, output: Path | None) -> None:
 def _register_groups() -> None:
     from .log_cli import log, monitor
     from .models_cli import models
+    from .retrain_cli import retrain
 
     main.add_command(models)
+    main.add_command(retrain)
     main.add_command(log)
     main.add_command(monitor)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,39 @@ def split(df: pd.DataFrame, target: str, test_size: float, golden_size: int, see
         test=test.reset_index(drop=True),
         golden=golden.reset_index(drop=True),
     )
+
+
+def split_with_feedback(
+    df: pd.DataFrame,
+    feedback: pd.DataFrame,
+    target: str,
+    test_size: float,
+    golden_size: int,
+    seed: int,
+) -> tuple[Split, dict[str, int]]:
+    """`split(df, ...)` unchanged, so the golden set the gates compare models on stays
+    pinned to the original data, plus the labelled feedback rows split the same way
+    (stratified when the labels allow it) and appended to train and test: the
+    new model learns from feedback and both models are scored on some of it. Returns
+    the split and how many feedback rows went to each part."""
+    base = split(df, target=target, test_size=test_size, golden_size=golden_size, seed=seed)
+    labelled = feedback.dropna(subset=[target])
+    if labelled.empty:
+        return base, {"train": 0, "test": 0}
+    if len(labelled) * test_size < 1:  # too few to hold any out
+        fb_train, fb_test = labelled, labelled.iloc[:0]
+    else:
+        counts = labelled[target].value_counts()
+        n_test = math.ceil(len(labelled) * test_size)
+        # stratifying needs two rows per label and room for every label in both parts
+        fits = counts.min() >= 2 and len(counts) <= min(n_test, len(labelled) - n_test)
+        stratify = labelled[target] if fits else None
+        fb_train, fb_test = train_test_split(
+            labelled, test_size=test_size, random_state=seed, stratify=stratify
+        )
+    parts = Split(
+        train=pd.concat([base.train, fb_train], ignore_index=True),
+        test=pd.concat([base.test, fb_test], ignore_index=True),
+        golden=base.golden,
+    )
+    return parts, {"train": len(fb_train), "test": len(fb_test)}

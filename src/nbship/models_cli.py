@@ -212,7 +212,7 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
     gates = {**(env.get("gates") or {}), "metric": env.get("selection_metric", "f1_macro")}
     try:
         event, _ = promote_by_hand(
-            registry, tag, golden=golden, gate_config=gates,
+            registry, tag, golden=golden, gate_config=gates, test=_split_data(project, env, "test"),
             actor=getpass.getuser(), reason=reason, force=force,
         )  # fmt: skip
     except PromotionRefused as exc:

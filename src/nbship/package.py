@@ -318,6 +318,10 @@ def package_winner(
         "predict_ms": evaluation["predict_ms"],
         "data_fingerprint": split_summary["fingerprints"]["train"],
         "data_fingerprints": split_summary["fingerprints"],
+        # the labelled feedback this version learnt from (BentoML metadata holds no None)
+        "feedback": {
+            k: v for k, v in (split_summary.get("feedback") or {}).items() if v is not None
+        },
         "definition_hash": definition_hash(project_dir),
         "versions": library_versions(),
         "reports": str(Path(reports_dir).resolve()),
@@ -367,6 +371,7 @@ def package_winner(
                       "drift_profile": profile},
             model=model, golden=pd.read_parquet(golden_path), columns=columns,
             gate_config={**(gates or {}), "metric": choice["metric"]},
+            test=pd.read_parquet(test_path) if test_path else None, target=target,
         )  # fmt: skip
         card = None
         if cards_dir and train_path and test_path:

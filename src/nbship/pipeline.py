@@ -11,6 +11,7 @@ which decides task by task as usual.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -25,6 +26,8 @@ import yaml
 PIPELINE_FILE = "pipeline.yaml"
 ENV_FILE = "env.yaml"
 STAMP_FILE = ".nbship-build-stamp"
+# held while a build runs (outside the products, whose listing the stamp hashes)
+LOCK_FILE = ".nbship/build.lock"
 PLOT_FILE = "pipeline.svg"
 # Files under the products folder that no task makes: they must not void the stamp.
 NOT_PRODUCTS = {STAMP_FILE, PLOT_FILE}
@@ -105,9 +108,39 @@ def load_dag(project_dir: Path) -> Any:
         return DAGSpec(str(project_dir / PIPELINE_FILE)).to_dag()
 
 
+class BuildBusy(RuntimeError):
+    """Another build (or retrain) of the same project is running."""
+
+
+@contextlib.contextmanager
+def build_lock(project_dir: Path) -> Iterator[None]:
+    """Held for a whole build: two runs writing the same products would mix them. The
+    kernel drops the lock with its process, so a killed build never blocks the next."""
+    path = project_dir / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise BuildBusy(f"another build of {project_dir} is running (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
-    """Runs what is outdated; a failing task raises and leaves earlier products in place."""
+    """Runs what is outdated; a failing task raises and leaves earlier products in place.
+    Raises BuildBusy while another build of the project runs."""
     project_dir = Path(project_dir).resolve()
+    with build_lock(project_dir):
+        return _build(project_dir, force)
+
+
+def _build(project_dir: Path, force: bool) -> BuildResult:
     stamp_path = _stamp_path(project_dir)
     if not force and stamp_path.exists() and stamp_path.read_text() == build_stamp(project_dir):
         return BuildResult(ran=[], skipped_by_stamp=True)

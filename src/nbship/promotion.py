@@ -11,9 +11,11 @@ from typing import Any
 
 import pandas as pd
 
+from .data import fingerprint
 from .gates import GateConfig, run_gates
 from .model_store import file_digests, load_verified, local_dir
 from .registry import ModelVersion, Registry
+from .training import score
 
 PIPELINE_ACTOR = "nbship-pipeline"
 logger = logging.getLogger(__name__)
@@ -53,18 +55,34 @@ def gate_against_champion(
     golden: pd.DataFrame,
     columns: Sequence[str],
     config: GateConfig,
+    test: pd.DataFrame | None = None,
+    target: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Runs every gate for `tag` against the current champion and records the verdicts
-    with the version; returns them and the champion's tag (None for a first model)."""
+    with the version; returns them and the champion's tag (None for a first model).
+
+    With a labelled `test` frame, the metric gate scores both models on it: a model
+    trained on new data (feedback) is compared with the champion on the same rows, not
+    with the score the champion once had on its own test split."""
     version = registry.get(tag)
     champion = registry.alias(version.name, "champion")
     if champion is not None and champion.tag == tag:
         champion = None  # re-checking the champion itself: nothing to compare with
+    champion_model = load_registered(champion, registry) if champion else None
+    champion_metrics = champion.metrics.get("test", {}) if champion else {}
+    challenger_metrics = version.metrics["test"]
+    scored_on = "each model's own test split"
+    if champion is not None and test is not None and target is not None:
+        champion_metrics = score(
+            champion_model, test, champion.extra.get("features") or columns, target
+        )
+        challenger_metrics = score(model, test, columns, target)
+        scored_on = f"the same {len(test)} test rows ({fingerprint(test)})"
     results = run_gates(
-        champion=load_registered(champion, registry) if champion else None,
+        champion=champion_model,
         challenger=model,
-        champion_metrics=champion.metrics.get("test", {}) if champion else {},
-        challenger_metrics=version.metrics["test"],
+        champion_metrics=champion_metrics,
+        challenger_metrics=challenger_metrics,
         golden=golden,
         columns=columns,
         config=config,
@@ -72,6 +90,9 @@ def gate_against_champion(
         challenger_train_seconds=version.train_seconds,
     )
     verdicts = [asdict(r) for r in results]
+    for verdict in verdicts:
+        if verdict["gate"] == "metric" and champion is not None:
+            verdict["evidence"]["scored_on"] = scored_on
     registry.record_gates(tag, verdicts)
     return verdicts, champion.tag if champion else None
 
@@ -86,6 +107,8 @@ def register_and_gate(
     golden: pd.DataFrame,
     columns: Sequence[str],
     gate_config: Mapping[str, Any] | None,
+    test: pd.DataFrame | None = None,
+    target: str | None = None,
     actor: str = PIPELINE_ACTOR,
 ) -> Verdict:
     """Registers `tag` as challenger; promotes it to champion when every gate passes."""
@@ -93,7 +116,7 @@ def register_and_gate(
     registry.set_alias(tag, "challenger", actor=actor, reason="new pipeline run")
     verdicts, champion = gate_against_champion(
         registry, tag, model=model, golden=golden, columns=columns,
-        config=GateConfig.from_mapping(gate_config),
+        config=GateConfig.from_mapping(gate_config), test=test, target=target,
     )  # fmt: skip
     promoted = all(v["passed"] for v in verdicts)
     if promoted:
@@ -111,6 +134,7 @@ def promote_by_hand(
     actor: str,
     reason: str,
     force: bool,
+    test: pd.DataFrame | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """The same gates as the pipeline, then the promotion; a failure refuses it unless
     forced, and the force is recorded with the event."""
@@ -118,7 +142,8 @@ def promote_by_hand(
     verdicts, _ = gate_against_champion(
         registry, tag, model=load_registered(version), golden=golden,
         columns=version.extra.get("features") or list(golden.columns),
-        config=GateConfig.from_mapping(gate_config),
+        config=GateConfig.from_mapping(gate_config), test=test,
+        target=version.extra.get("target"),
     )  # fmt: skip
     failed = [v for v in verdicts if not v["passed"]]
     if failed and not force:

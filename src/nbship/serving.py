@@ -51,6 +51,8 @@ CONFIG_FILE = "serving.json"
 LOG_URL_ENV = "NBSHIP_LOG_URL"  # "off" turns the prediction log off
 LOG_SPOOL_ENV = "NBSHIP_LOG_SPOOL"
 RELOAD_ENV = "NBSHIP_RELOAD_SECONDS"  # how often to ask the registry; 0 = never
+# the log entry POST /admin/retrain records (the same kind as nbship.retrain.REQUEST_KIND)
+RETRAIN_REQUEST = "retrain-request"
 ADMIN_TOKEN_ENV = "NBSHIP_ADMIN_TOKEN"  # required by /admin/*; unset = admin routes off
 # under "bentoml" so the server's own log configuration shows it (INFO and up)
 logger = logging.getLogger("bentoml.nbship")
@@ -395,25 +397,48 @@ async def info(_: Request) -> JSONResponse:
     )
 
 
-async def admin_reload(request: Request) -> JSONResponse:
-    """Ask the registry for the champion now and switch to it if it changed."""
+def _unauthorized(request: Request) -> JSONResponse | None:
+    """A 401 unless the request carries the admin token (and one is configured)."""
     token = os.environ.get(ADMIN_TOKEN_ENV, "")
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     # compare_digest: the time taken does not tell how much of a guess was right
-    if not token or not hmac.compare_digest(given.encode(), token.encode()):
-        return JSONResponse(
-            {"detail": f"a valid bearer token is required (set {ADMIN_TOKEN_ENV} on the server)"},
-            status_code=401,
-        )
+    if token and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    return JSONResponse(
+        {"detail": f"a valid bearer token is required (set {ADMIN_TOKEN_ENV} on the server)"},
+        status_code=401,
+    )
+
+
+async def admin_reload(request: Request) -> JSONResponse:
+    """Ask the registry for the champion now and switch to it if it changed."""
+    if refused := _unauthorized(request):
+        return refused
     if RELOADER is None:
         return JSONResponse({"detail": "the model is not loaded yet"}, status_code=503)
     return JSONResponse(await asyncio.to_thread(RELOADER.check))
+
+
+async def admin_retrain(request: Request) -> JSONResponse:
+    """Record a retrain request in the log; `nbship retrain watch` (a separate process
+    with the project) acts on it: training never runs in a serving process."""
+    if refused := _unauthorized(request):
+        return refused
+    entry = LogEntry(
+        request_id=new_request_id(), ts=datetime.now(UTC), kind=RETRAIN_REQUEST,
+        model_tag=SERVED.tag if SERVED else None, inputs=None, outputs=None, latency_ms=0.0,
+        status="ok", http_status=202, n_records=0,
+    )  # fmt: skip
+    if LOG is None or not LOG.record(entry):
+        return JSONResponse({"detail": "the log is unavailable: nothing was recorded"}, 503)
+    return JSONResponse({"requested": entry.request_id, "ts": entry.ts.isoformat()}, 202)
 
 
 info_app = Starlette(
     routes=[
         Route("/info", info, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/retrain", admin_retrain, methods=["POST"]),
     ]
 )
 

@@ -96,10 +96,11 @@ def fit(model: Pipeline, frame: pd.DataFrame, features: Features, target: str) -
 
 
 def score(
-    model: Pipeline, frame: pd.DataFrame, features: Features, target: str
+    model: Pipeline, frame: pd.DataFrame, features: Features | Sequence[str], target: str
 ) -> dict[str, float]:
     """Every metric in METRICS on one labelled frame."""
-    X, y = frame[features.columns], frame[target]
+    columns = features.columns if isinstance(features, Features) else list(features)
+    X, y = frame[columns], frame[target]
     proba = model.predict_proba(X)
     predicted = model.classes_[np.argmax(proba, axis=1)]
     return {

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Project
-from tests.support import free_port, start, stop, wait_http
+from tests.support import free_port, info, load_until, start, stop, wait_for_tag, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -21,33 +21,6 @@ BENTOML = str(Path(sys.executable).with_name("bentoml"))
 TOKEN = "test-admin-token"
 RECORD = {"island": "Biscoe", "bill_length_mm": 45.2, "bill_depth_mm": 15.1,
           "flipper_length_mm": 215, "body_mass_g": 5200, "sex": "male"}  # fmt: skip
-
-
-def _info(url: str) -> dict:
-    return httpx.get(f"{url}/info", timeout=10).json()
-
-
-def _wait_for_tag(url: str, tag: str, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _info(url)["model_tag"] == tag:
-            return True
-        time.sleep(0.2)
-    return False
-
-
-async def _load_until(url: str, done: asyncio.Event, workers: int = 4) -> list[tuple[int, str]]:
-    answers: list[tuple[int, str]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-
-        async def worker() -> None:
-            while not done.is_set():
-                response = await client.post("/predict", json=RECORD)
-                tag = response.json().get("model", "") if response.status_code == 200 else ""
-                answers.append((response.status_code, tag))
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    return answers
 
 
 def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path):
@@ -74,18 +47,18 @@ def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path)
                  log, env=env)  # fmt: skip
     try:
         wait_http(f"{url}/readyz", proc, timeout=90)
-        assert _info(url)["model_tag"] == first
+        assert info(url)["model_tag"] == first
 
         # under load, the champion changes in the registry: the server switches by itself
         async def swap_under_load() -> list[tuple[int, str]]:
             done = asyncio.Event()
-            load = asyncio.create_task(_load_until(url, done))
+            load = asyncio.create_task(load_until(url, done, RECORD))
             await asyncio.sleep(1)
             promoted = await asyncio.to_thread(
                 project.run, "models", "promote", second, "-r", "test", "--force"
             )
             assert promoted.returncode == 0, promoted.stderr
-            switched = await asyncio.to_thread(_wait_for_tag, url, second)
+            switched = await asyncio.to_thread(wait_for_tag, url, second)
             await asyncio.sleep(1)
             done.set()
             answers = await load
@@ -96,8 +69,8 @@ def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path)
         assert {status for status, _ in answers} == {200}, "no request fails during the swap"
         tags = [tag for _, tag in answers]
         assert tags[0] == first and tags[-1] == second
-        info = _info(url)
-        assert info["source"] == "registry" and info["metadata"]["candidate"] == "baseline"
+        served = info(url)
+        assert served["source"] == "registry" and served["metadata"]["candidate"] == "baseline"
 
         # admin route: no token, a wrong one -> 401, nothing changes; the right one works
         for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -109,14 +82,14 @@ def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path)
 
         # back to the first model (rollback), then a tampered champion is refused
         assert project.run("models", "rollback", "penguins_classifier", "-r", "t").returncode == 0
-        assert _wait_for_tag(url, first)
+        assert wait_for_tag(url, first)
         name, version = second.split(":")
         pkl = cache / name / version / "saved_model.pkl"
         pkl.write_bytes(pkl.read_bytes() + b"\0")
         again = project.run("models", "promote", second, "-r", "test", "--force")
         assert again.returncode == 0, again.stderr
         time.sleep(3)
-        assert _info(url)["model_tag"] == first
+        assert info(url)["model_tag"] == first
         answer = httpx.post(f"{url}/predict", json=RECORD, timeout=10)
         assert answer.status_code == 200 and answer.json()["model"] == first
     finally:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 TASKS = [
     "load",
     "validate",
+    "feedback",
     "split",
     "train-logreg",
     "train-forest",

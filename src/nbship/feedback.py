@@ -1,0 +1,144 @@
+"""Labelled feedback, from the prediction log to a training table.
+
+`POST /feedback` stores each call as one log entry (kind "feedback") whose inputs are
+the items: `{label, request_id, row}` (the true label of a logged prediction) or
+`{label, record}` (a new labelled record). `labelled_feedback` turns every item into a
+row of the training table: a record as given, a request id resolved to the inputs of
+that logged `/predict` call (its `row`-th record for a batch).
+
+When the same prediction is labelled twice, the later label wins. An item naming a
+request the log does not hold (never logged, or purged by retention) cannot become a
+row: it is counted in the summary, not guessed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .data import fingerprint
+from .prediction_log import read_log, url_for_sqlite
+from .training import Features
+
+FEEDBACK_KIND = "feedback"
+LOG_URL_ENV = "NBSHIP_LOG_URL"
+
+
+def log_url(url: str, project_dir: str | Path = ".") -> str:
+    """The prediction log the servers write to: `NBSHIP_LOG_URL` when set (as for the
+    servers), else `url`, a relative SQLite file taken from `project_dir`."""
+    url = os.environ.get(LOG_URL_ENV) or url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return url_for_sqlite(Path(project_dir).resolve() / url.removeprefix(prefix))
+    return url
+
+
+@dataclass(frozen=True)
+class FeedbackSummary:
+    """What the export found: `rows` became training rows, `unresolved` named requests
+    the log does not hold, `superseded` were relabelled later; `until` is the time of
+    the newest feedback entry read (None when there was none)."""
+
+    rows: int
+    entries: int
+    items: int
+    unresolved: int
+    superseded: int
+    until: datetime | None
+    fingerprint: str
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "entries": self.entries,
+            "items": self.items,
+            "unresolved": self.unresolved,
+            "superseded": self.superseded,
+            "until": None if self.until is None else self.until.isoformat(),
+            "fingerprint": self.fingerprint,
+            "labels": self.labels,
+        }
+
+
+def _logged_record(inputs: Any, row: int) -> dict[str, Any] | None:
+    """The `row`-th record of a logged /predict body (a record or a list of them)."""
+    if isinstance(inputs, dict):
+        return inputs if row == 0 else None
+    if isinstance(inputs, list) and 0 <= row < len(inputs) and isinstance(inputs[row], dict):
+        return inputs[row]
+    return None
+
+
+def labelled_feedback(
+    url: str, features: Features, target: str, *, until: datetime | None = None
+) -> tuple[pd.DataFrame, FeedbackSummary]:
+    """Every labelled feedback item in the log at `url` (up to `until`, exclusive) as a
+    table of the feature columns + `target`, oldest first, and a summary of the export."""
+    columns = features.columns
+    entries = read_log(url, kind=FEEDBACK_KIND, until=until)
+    items = [
+        (ts, item)
+        for ts, inputs in zip(entries["ts"], entries["inputs"], strict=True)
+        for item in (inputs if isinstance(inputs, list) else [])
+        if isinstance(item, dict) and item.get("label") is not None
+    ]
+    wanted = {i["request_id"] for _, i in items if i.get("request_id")}
+    predictions = {}
+    if wanted:
+        logged = read_log(url, kind="predict", status="ok")
+        predictions = {
+            rid: inputs
+            for rid, inputs in zip(logged["request_id"], logged["inputs"], strict=True)
+            if rid in wanted
+        }
+    by_subject: dict[tuple[str, int] | int, dict[str, Any]] = {}
+    unresolved = superseded = 0
+    for n, (_, item) in enumerate(items):
+        if item.get("request_id"):
+            subject: tuple[str, int] | int = (item["request_id"], int(item.get("row") or 0))
+            record = _logged_record(predictions.get(item["request_id"]), subject[1])
+        else:
+            subject, record = n, item.get("record")
+        if record is None:
+            unresolved += 1
+            continue
+        if subject in by_subject:
+            superseded += 1
+        by_subject[subject] = {**{c: record.get(c) for c in columns}, target: item["label"]}
+    frame = pd.DataFrame(list(by_subject.values()), columns=[*columns, target])
+    frame = _typed(frame, features, target)
+    summary = FeedbackSummary(
+        rows=len(frame),
+        entries=len(entries),
+        items=len(items),
+        unresolved=unresolved,
+        superseded=superseded,
+        until=None if entries.empty else entries["ts"].max().to_pydatetime(),
+        fingerprint=fingerprint(frame),
+        labels={str(k): int(v) for k, v in frame[target].value_counts().sort_index().items()},
+    )
+    return frame, summary
+
+
+def _typed(frame: pd.DataFrame, features: Features, target: str) -> pd.DataFrame:
+    """Numbers as float64 and the rest as text, the dtypes of the training table, so the
+    two concatenate (and fingerprint) alike."""
+    out = frame.copy()
+    for c in features.numeric:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
+    for c in [*features.categorical, target]:
+        out[c] = out[c].astype("str")
+    return out
+
+
+def new_labels(url: str, since: datetime | None) -> int:
+    """How many feedback items arrived at or after `since` (all of them for None)."""
+    entries = read_log(url, kind=FEEDBACK_KIND, since=since)
+    return int(entries["n_records"].sum()) if len(entries) else 0
