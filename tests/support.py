@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +73,22 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
 
 
+def _tree(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The process and its descendants. BentoML starts its workers in sessions of their
+    own, so signalling the server's process group does not reach them."""
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM the server's process group (by pid), SIGKILL if it lingers."""
+    """SIGTERM the server's process group (by pid), SIGKILL if it lingers; then any of
+    its processes still alive (workers outside the group) are killed too."""
     if proc.poll() is not None:
         return
+    tree = _tree(proc)
     pgid = os.getpgid(proc.pid)
     os.killpg(pgid, signal.SIGTERM)
     try:
@@ -83,6 +96,21 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=timeout)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for leftover in alive:
+        leftover.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server and every process it started, at once: a crash, no shutdown
+    hook runs anywhere."""
+    tree = _tree(proc)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait(timeout=30)
+    psutil.wait_procs(tree, timeout=30)
 
 
 def start(

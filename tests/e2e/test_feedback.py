@@ -3,8 +3,6 @@ right after the answers loses none of it."""
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 
 from nbship.prediction_log import read_log, url_for_sqlite
 from tests.conftest import Project
-from tests.support import free_port, start, stop, wait_http
+from tests.support import free_port, kill9, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +55,7 @@ def test_feedback_is_validated_and_survives_a_kill_9(built_project: Project, tmp
         refused = {
             field: httpx.post(f"{url}/feedback", json=b, timeout=10) for field, b in bad.items()
         }
-        os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill9(proc)
     finally:
         stop(proc)
     assert [a.status_code for a in acks] == [200, 200], [a.text for a in acks]

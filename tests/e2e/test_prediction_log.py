@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from nbship.prediction_log import count, read_log, url_for_sqlite
 from tests.conftest import Project
-from tests.support import free_port, start, stop, wait_http
+from tests.support import free_port, kill9, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -96,8 +94,7 @@ def test_acknowledged_requests_survive_a_kill_9(built_project: Project, tmp_path
     try:
         responses = asyncio.run(_send(server, records, concurrency=8))
         assert all(r.status_code == 200 for r in responses)
-        os.killpg(os.getpgid(proc.pid), signal.SIGKILL)  # no shutdown hook, no flush
-        proc.wait(timeout=30)
+        kill9(proc)  # no shutdown hook, no flush
     finally:
         stop(proc)
     ids = {r.headers["x-request-id"] for r in responses}
