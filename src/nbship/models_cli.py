@@ -158,9 +158,13 @@ def show(project: Path, tag: str) -> None:
     for section, data in sections.items():
         rows += [[key, _value(val)] for key, val in flatten(data, f"{section}.").items()]
     for key in sorted(v.extra):
-        rows.append([key, _value(v.extra[key])])
-    for i, verdict in enumerate(v.gates, start=1):
-        rows.append([f"gate {i}", _value(verdict)])
+        value = v.extra[key]
+        if key == "drift_profile" and isinstance(value, dict):  # kilobytes of bins
+            value = f"{len(value.get('features', {}))} features of {value.get('n_rows')} rows"
+        rows.append([key, _value(value)])
+    for verdict in v.gates:
+        passed = "pass" if verdict.get("passed") else "FAIL"
+        rows.append([f"gate {verdict.get('gate')}", f"{passed}: {verdict.get('message')}"])
     click.echo(table(["FIELD", "VALUE"], rows))
 
 

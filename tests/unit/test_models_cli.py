@@ -37,7 +37,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             {**base, "candidate": "forest", "params": {"C": 2.0}, "git_commit": "abc"},
             bento_tag="clf_bento:b2",
         )
-        reg.record_gates("clf:v2", [{"gate": "min_accuracy", "passed": True}])
+        verdict = {"gate": "min_accuracy", "passed": True, "message": "0.91 >= 0.9"}
+        reg.record_gates("clf:v2", [verdict])
     return folder
 
 
@@ -64,7 +65,7 @@ def test_list_and_show(project: Path) -> None:
     shown = ok(project, "show", "clf:v2")
     assert "clf_bento:b2" in shown
     assert "params.C" in shown and "metrics.test.accuracy" in shown
-    assert '"gate": "min_accuracy"' in shown
+    assert "gate min_accuracy" in shown and "pass: 0.91 >= 0.9" in shown
 
 
 def test_promote_rollback_history(project: Path) -> None:
