@@ -8,6 +8,10 @@ the same run.
   way to keep an entry), with delivery paused and with delivery running alongside;
 * delivery: entries/s from the spool into SQLite, against plain `sqlite3` executemany of
   the same rows in transactions of the same size (no spool, no SQLAlchemy);
+* 1,000-record requests (raw JSON, ~215 KB a spool line, as the service logs a batch):
+  record() per call, and what delivering one costs the delivery thread (CPU) and other
+  Python threads (time they waited for the GIL), against plain `sqlite3` inserting the
+  same text;
 * a simulated service: requests that each cost a fixed amount of pure-Python CPU (what
   holds the GIL, as the model call does) plus building and recording the entry, with
   delivery to SQLite running in the same process: throughput logging on ÷ off (the
@@ -27,13 +31,21 @@ import logging
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nbship.prediction_log import LogEntry, PredictionLog, new_request_id, url_for_sqlite
+from nbship.prediction_log import (
+    LogEntry,
+    PredictionLog,
+    RawJSON,
+    new_request_id,
+    url_for_sqlite,
+)
 
 RECORD = {  # one penguin, as the service receives it
     "species": None,
@@ -164,6 +176,94 @@ def plain_sqlite(entries: list[LogEntry], path: Path, batch: int) -> float:
     return rate
 
 
+def large_entries(n: int) -> list[LogEntry]:
+    """1,000-record requests as the service's middleware logs them: raw JSON bytes."""
+    body = json.dumps([{**RECORD, "year": 2007 + i % 3} for i in range(1000)]).encode()
+    answer = json.dumps([OUTPUT] * 1000, separators=(",", ":")).encode()
+    return [
+        LogEntry(
+            request_id=new_request_id(), ts=datetime.now(UTC), kind="predict",
+            model_tag="penguins_classifier:benchmark", inputs=RawJSON(body),
+            outputs=RawJSON(answer), latency_ms=9.0, status="ok", http_status=200,
+            n_records=1000,
+        )
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+class GILWait:
+    """A thread that wakes every 0.5 ms to run a little Python: how long past its time it
+    got to run adds up what other threads' holding of the GIL cost the rest."""
+
+    def __init__(self) -> None:
+        self.late = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.0005)
+            late = time.perf_counter() - t0 - 0.0005
+            if late > 0.0002:  # (a wake-up is never exact; only count real waits)
+                self.late += late
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.late
+
+
+def large(n: int, folder: Path, rounds: int = 5) -> dict[str, float]:
+    """Per 1,000-record entry: record() µs; the delivery thread's CPU ms and how long a
+    Python thread beside it waited (ms), `rounds` deliveries of `n` entries each; and the
+    CPU ms plain sqlite3 spends inserting the same text, `n` rows a transaction."""
+    entries = large_entries(n)
+    spool = folder / "large-spool"
+    log = PredictionLog(
+        url_for_sqlite(folder / "large.db"), spool, flush_interval=3600, batch_size=10**9
+    ).start()
+    ready(log)
+    thread = log._thread  # (to read its CPU clock)
+    assert thread is not None and thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    record_us, cpu_ms, wait_ms = [], [], []
+    for _ in range(rounds):
+        time.sleep(0.2)  # the thread is asleep (flush_interval: 1 h) until flush wakes it
+        cpu = time.clock_gettime(clock)
+        started = time.perf_counter()
+        for item in entries:
+            log.record(replace(item, request_id=new_request_id()))
+        record_us.append((time.perf_counter() - started) / n * 1e6)
+        waits = GILWait()
+        assert log.flush(300)
+        cpu_ms.append((time.clock_gettime(clock) - cpu) / n * 1000)
+        wait_ms.append(waits.stop() / n * 1000)
+    log.close()
+
+    db = sqlite3.connect(folder / "large-plain.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE log (request_id TEXT UNIQUE, inputs TEXT, outputs TEXT)")
+    plain = []
+    for _ in range(rounds):
+        rows = [(new_request_id(), e.inputs.decode(), e.outputs.decode()) for e in entries]
+        cpu = time.thread_time()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?)", rows)
+        db.execute("COMMIT")
+        plain.append((time.thread_time() - cpu) / n * 1000)
+    db.close()
+    return {
+        "record_us": statistics.median(record_us),
+        "cpu_ms": statistics.median(cpu_ms),
+        "wait_ms": statistics.median(wait_ms),
+        "plain_cpu_ms": statistics.median(plain),
+        "line_kb": (len(entries[0].inputs) + len(entries[0].outputs)) / 1024,
+    }
+
+
 def cpu_work(n: int) -> int:
     total = 0
     for i in range(n):
@@ -247,6 +347,7 @@ def main() -> None:
         "--request-us", type=float, nargs="+", default=[250.0, 1000.0],
         help="CPU cost of a simulated request",
     )  # fmt: skip
+    parser.add_argument("--large", type=int, default=100, help="1,000-record entries")
     parser.add_argument("--block-seconds", type=float, default=2.0, help="simulated service")
     parser.add_argument("--pairs", type=int, default=5, help="simulated service")
     parser.add_argument("--postgres-url", help="also deliver to this PostgreSQL database")
@@ -281,6 +382,16 @@ def main() -> None:
         lines["PostgreSQL: record + deliver"] = pg["live"]
     for name, rate in lines.items():
         print(f"{name:<42}{rate:>11.0f}{rate / floor:>9.2f}")
+
+    big = large(args.large, folder)
+    print(
+        f"\n1,000-record requests (raw JSON, ~{big['line_kb']:.0f} KB a line),"
+        f" {args.large} per delivery"
+    )
+    print(f"  record() per call{big['record_us']:>28.1f} µs")
+    print(f"  delivery thread CPU per entry{big['cpu_ms']:>16.2f} ms")
+    print(f"  plain sqlite3 CPU per entry (floor){big['plain_cpu_ms']:>10.2f} ms")
+    print(f"  a Python thread beside it waited{big['wait_ms']:>13.2f} ms per entry")
 
     # the entries above are many long-lived objects: the garbage collector would walk
     # them over and over while the loops below allocate, and bill that to the log

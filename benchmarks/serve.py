@@ -124,6 +124,7 @@ def serve(cmd: list[str], url: str, env: dict[str, str] | None = None):
 def measure(url: str, rows: list[dict], levels: list[int], batches: list[list[dict]], wrap: bool):
     asyncio.run(load(url, rows[:200], 4, wrap))  # warm-up
     single = {c: asyncio.run(load(url, rows, c, wrap)) for c in levels}
+    asyncio.run(load(url, batches[:3], 1, wrap))  # the first large request costs more
     batch = asyncio.run(load(url, batches, 1, wrap))
     rows_per_s = batch["rps"] * len(batches[0])
     return single, rows_per_s, batch["failures"]
@@ -134,7 +135,10 @@ def main() -> None:
     parser.add_argument("--bento", type=Path, default=PROJECT / "bentos" / "penguins_classifier")
     parser.add_argument("--requests", type=int, default=2000, help="per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--batches", type=int, default=30, help="1,000-record requests")
+    # a few seconds of them: the log's thread delivers once a second, and a full garbage
+    # collection every so often costs a large request ~0.1 s; 30 requests (0.3 s) saw
+    # either or neither, and the ratios swung by 0.25 from one run to the next
+    parser.add_argument("--batches", type=int, default=300, help="1,000-record requests")
     args = parser.parse_args()
 
     config = json.loads((args.bento / "src" / "serving.json").read_text())
@@ -143,7 +147,7 @@ def main() -> None:
     model = joblib.load(model_file)
     columns = config["columns"]
     rows = records(columns, args.requests)
-    batches = [records(columns, 1000) for _ in range(args.batches)]
+    batches = [records(columns, 1000)] * args.batches  # (records() gives the same rows)
     floor = in_process(model, columns, rows)
     floor_batch = in_process_batch(model, columns, batches[0], 1000)
 

@@ -22,11 +22,11 @@ from typing import Any
 import pandas as pd
 
 from .data import fingerprint
-from .prediction_log import read_log, url_for_sqlite
+from .prediction_log import FEEDBACK_KIND, read_log, url_for_sqlite
 from .training import Features
 
-FEEDBACK_KIND = "feedback"
 LOG_URL_ENV = "NBSHIP_LOG_URL"
+ID_CHUNK = 500  # request ids per query (SQLite allows a few thousand bound values)
 
 
 def log_url(url: str, project_dir: str | Path = ".") -> str:
@@ -91,13 +91,12 @@ def labelled_feedback(
     ]
     wanted = {i["request_id"] for _, i in items if i.get("request_id")}
     predictions = {}
-    if wanted:
-        logged = read_log(url, kind="predict", status="ok")
-        predictions = {
-            rid: inputs
-            for rid, inputs in zip(logged["request_id"], logged["inputs"], strict=True)
-            if rid in wanted
-        }
+    ids = sorted(wanted)
+    for start in range(0, len(ids), ID_CHUNK):  # only the labelled requests' rows
+        logged = read_log(
+            url, kind="predict", status="ok", request_ids=ids[start : start + ID_CHUNK]
+        )
+        predictions.update(zip(logged["request_id"], logged["inputs"], strict=True))
     by_subject: dict[tuple[str, int] | int, dict[str, Any]] = {}
     unresolved = superseded = 0
     for n, (_, item) in enumerate(items):

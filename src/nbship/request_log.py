@@ -5,7 +5,8 @@ the response has been sent, failures (validation errors included) as well as ans
 The request and response bodies are captured as they pass and the entry is recorded just
 before the last byte of the answer goes out, so every answered request is logged.
 `PredictionLog.record` only appends a line to a local spool: the request path pays for
-decoding the bodies and one write, never for the database.
+decoding the bodies and one write, never for the database. The live metrics (`observe`)
+see the entry once the answer has gone out: the client is not kept waiting for them.
 """
 
 from __future__ import annotations
@@ -121,13 +122,18 @@ class RequestLogMiddleware:
 
         recorded = False
 
-        def record() -> None:
+        def record() -> LogEntry | None:
             nonlocal recorded
             recorded = True
-            self._record(
+            request_body, response_body = b"".join(request_chunks), b"".join(response_chunks)
+            # BentoML's request timeout keeps every request's context, and with it these
+            # closures, for its whole length (30 s): not the bodies as well
+            request_chunks.clear()
+            response_chunks.clear()
+            return self._record(
                 request_id=request_id, started=started, kind=kind, status=status,
                 latency_ms=(time.perf_counter() - t0) * 1000,
-                request_body=b"".join(request_chunks), response_body=b"".join(response_chunks),
+                request_body=request_body, response_body=response_body,
             )  # fmt: skip
 
         async def send_logged(message: Message) -> None:
@@ -140,25 +146,42 @@ class RequestLogMiddleware:
                 if not message.get("more_body", False):
                     # in the spool before the client has the last byte: an answered
                     # request is a logged one, even if the process is killed right after
-                    record()
+                    entry = record()
+                    try:
+                        await send(message)
+                    finally:
+                        # the live metrics after the last byte, off the answer's latency
+                        # (still before this task lets another request run)
+                        self._observe(entry)
+                    return
             await send(message)
 
         try:
             await self.app(scope, receive_logged, send_logged)
         finally:
             if not recorded:  # the app failed before answering
-                record()
+                self._observe(record())
 
-    def _record(self, **fields: Any) -> None:
+    def _record(self, **fields: Any) -> LogEntry | None:
+        """The request's entry, spooled when the log is on; None if nobody wants it."""
         log = self.log()
         if log is None and self.observe is None:
-            return
+            return None
         try:
             entry = entry_for(**fields, model_tag=self.model_tag())
             if log is not None:
                 log.record(entry)
-            if self.observe is not None:
-                self.observe(entry)
+            return entry
         # logging must never fail a request that was already answered
         except Exception:
             logger.exception("could not log request %s", fields.get("request_id"))
+            return None
+
+    def _observe(self, entry: LogEntry | None) -> None:
+        """Live metrics, after the answer has gone out (they are not on its latency)."""
+        if entry is None or self.observe is None:
+            return
+        try:
+            self.observe(entry)
+        except Exception:
+            logger.exception("could not observe request %s", entry.request_id)

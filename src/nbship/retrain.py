@@ -36,7 +36,6 @@ from typing import Any
 from .artifacts import read_json, write_json
 
 RUNS_DIR = ".nbship/retrain"
-REQUEST_KIND = "retrain-request"  # what POST /admin/retrain records in the log
 NICE = 10  # below serving processes on the same machine
 
 
@@ -182,10 +181,10 @@ def due(
     run started, or when watching began."""
     from .feedback import new_labels
     from .pipeline import read_env
-    from .prediction_log import count
+    from .prediction_log import RETRAIN_REQUEST_KIND, count
 
     now = now or datetime.now(UTC)
-    if count(log_url, kind=REQUEST_KIND, since=since):
+    if count(log_url, kind=RETRAIN_REQUEST_KIND, since=since):
         return "admin request"
     if settings.every_labels:
         exported = _feedback_summary(project.resolve(), read_env(project.resolve()))

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbship.prediction_log import count, url_for_sqlite
+from nbship.prediction_log import RETRAIN_REQUEST_KIND, count, url_for_sqlite
 from nbship.registry import Registry
-from nbship.retrain import REQUEST_KIND, RetrainSettings, due
+from nbship.retrain import RetrainSettings, due
 from tests.conftest import NBSHIP, Project
 from tests.support import free_port, info, load_until, start, stop, wait_for_tag, wait_http
 
@@ -180,9 +180,9 @@ def test_feedback_retrains_and_the_server_switches(built_project: Project, tmp_p
             assert httpx.post(f"{url}/admin/retrain", headers=headers).status_code == 401
         requested = httpx.post(f"{url}/admin/retrain", headers=admin, timeout=10)
         assert requested.status_code == 202, requested.text
-        _wait_logged(db, REQUEST_KIND, 1)
+        _wait_logged(db, RETRAIN_REQUEST_KIND, 1)
         time.sleep(1.5)  # nothing else arrives
-        assert count(db, kind=REQUEST_KIND) == 1
+        assert count(db, kind=RETRAIN_REQUEST_KIND) == 1
         assert due(project.path, RetrainSettings(), db, since=asked_at) == "admin request"
     finally:
         if watcher is not None:

@@ -14,8 +14,13 @@ import pytest
 
 from nbship.artifacts import write_json
 from nbship.pipeline import BuildBusy, build_lock
-from nbship.prediction_log import LogEntry, PredictionLog, url_for_sqlite
-from nbship.retrain import REQUEST_KIND, RetrainSettings, due, runs, runs_dir
+from nbship.prediction_log import (
+    RETRAIN_REQUEST_KIND,
+    LogEntry,
+    PredictionLog,
+    url_for_sqlite,
+)
+from nbship.retrain import RetrainSettings, due, runs, runs_dir
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +73,7 @@ def test_labels_since_the_last_export_trigger_a_retrain(project: Path):
 
 
 def test_an_admin_request_and_the_schedule_trigger_a_retrain(project: Path):
-    url = _log(project, _entry(REQUEST_KIND, 5, 0))
+    url = _log(project, _entry(RETRAIN_REQUEST_KIND, 5, 0))
     settings = RetrainSettings(every_hours=2)
     assert due(project, settings, url, since=NOW, now=NOW) == "admin request"
     later = NOW + timedelta(minutes=10)  # the request came before the last run started
