@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -61,17 +62,20 @@ def summarise(times: list[float], total: float, failures: int) -> dict[str, floa
 
 
 async def load(
-    url: str, bodies: list[object], concurrency: int, wrap: bool = False
+    url: str,
+    bodies: list[object],
+    concurrency: int,
+    wrap: str | None = None,
+    path: str = "/predict",
 ) -> dict[str, float]:
     """`concurrency` keep-alive connections share the bodies; bounded by their count.
-    `wrap` sends `{"records": body}` (the bare reference's input) instead of the body.
+    `wrap` sends `{wrap: [records]}` (the bare reference's and MLflow's inputs) instead of
+    the body, to `path`.
 
     aiohttp with bodies encoded up front: an httpx client costs more CPU per request
     than the server under test and capped what this measured (about 600 req/s)."""
     payloads = [
-        json.dumps(
-            {"records": body if isinstance(body, list) else [body]} if wrap else body
-        ).encode()
+        json.dumps({wrap: body if isinstance(body, list) else [body]} if wrap else body).encode()
         for body in bodies
     ]
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -90,7 +94,7 @@ async def load(
                 payload = queue.get_nowait()
                 t0 = time.perf_counter()
                 try:
-                    async with session.post("/predict", data=payload, headers=headers) as r:
+                    async with session.post(path, data=payload, headers=headers) as r:
                         await r.read()
                         failures += r.status != 200
                 except aiohttp.ClientError:
@@ -121,13 +125,49 @@ def serve(cmd: list[str], url: str, env: dict[str, str] | None = None):
     return server
 
 
-def measure(url: str, rows: list[dict], levels: list[int], batches: list[list[dict]], wrap: bool):
-    asyncio.run(load(url, rows[:200], 4, wrap))  # warm-up
-    single = {c: asyncio.run(load(url, rows, c, wrap)) for c in levels}
-    asyncio.run(load(url, batches[:3], 1, wrap))  # the first large request costs more
-    batch = asyncio.run(load(url, batches, 1, wrap))
+def measure(
+    url: str,
+    rows: list[dict],
+    levels: list[int],
+    batches: list[list[dict]],
+    wrap: str | None = None,
+    path: str = "/predict",
+):
+    asyncio.run(load(url, rows[:200], 4, wrap, path))  # warm-up
+    single = {c: asyncio.run(load(url, rows, c, wrap, path)) for c in levels}
+    asyncio.run(load(url, batches[:3], 1, wrap, path))  # the first large request costs more
+    batch = asyncio.run(load(url, batches, 1, wrap, path))
     rows_per_s = batch["rps"] * len(batches[0])
     return single, rows_per_s, batch["failures"]
+
+
+def measure_mlflow(model, rows, levels, batches):
+    """`mlflow models serve` of the same model (one worker, MLflow's scoring server), or
+    None when MLflow is not installed: `uv run --group bench-mlflow python -m ...`."""
+    try:
+        import mlflow.sklearn
+    except ImportError:
+        print("mlflow models serve: skipped (run with `uv run --group bench-mlflow`)")
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="nbship-bench-mlflow-")) / "model"
+    # cloudpickle: MLflow's default for scikit-learn is skops, which mlflow-skinny lacks
+    mlflow.sklearn.save_model(model, folder, serialization_format="cloudpickle")
+    venv_bin = Path(sys.executable).parent
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start(
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", str(folder), "--env-manager",
+         "local", "-w", "1", "-h", "127.0.0.1", "-p", str(port)],
+        folder.parent / "serve.log",
+        # it starts uvicorn through the shell, found on PATH; no telemetry
+        env={"PATH": f"{venv_bin}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "DO_NOT_TRACK": "true"},
+    )  # fmt: skip
+    try:
+        wait_http(f"{url}/ping", server, timeout=120)
+        return measure(url, rows, levels, batches, wrap="dataframe_records", path="/invocations")
+    finally:
+        stop(server)
 
 
 def main() -> None:
@@ -164,7 +204,7 @@ def main() -> None:
         cmd = [bentoml, "serve", str(args.bento), "--host", "127.0.0.1", "--port", str(port)]
         server = serve(cmd, url, env=env)
         try:
-            results[label] = measure(url, rows, args.concurrency, batches, wrap=False)
+            results[label] = measure(url, rows, args.concurrency, batches)
             inference = httpx.get(f"{url}/info").json().get("inference", "?")
         finally:
             stop(server)
@@ -184,9 +224,11 @@ def main() -> None:
         env={"NBSHIP_BENCH_MODEL": str(model_file)},
     )
     try:
-        results["bare BentoML"] = measure(url, rows, args.concurrency, batches, wrap=True)
+        results["bare BentoML"] = measure(url, rows, args.concurrency, batches, wrap="records")
     finally:
         stop(server)
+    if mlflow_peer := measure_mlflow(model, rows, args.concurrency, batches):
+        results["mlflow models serve"] = mlflow_peer
 
     print(
         f"model {config['model_tag']} ({inference});"
@@ -210,11 +252,13 @@ def main() -> None:
             f"  ÷ in-process {rows_per_s / floor_batch:.2f}"
         )
     ours, bare = results["nbship"][0], results["bare BentoML"][0]
+    peer = results.get("mlflow models serve", (None,))[0]
     quiet = results["nbship, log off"][0]
     for c in args.concurrency:
         print(
             f"c={c}: nbship ÷ bare BentoML {ours[c]['rps'] / bare[c]['rps']:.2f},"
             f" logging on ÷ off {ours[c]['rps'] / quiet[c]['rps']:.2f}"
+            + (f", nbship ÷ mlflow {ours[c]['rps'] / peer[c]['rps']:.2f}" if peer else "")
         )
 
 
