@@ -14,12 +14,16 @@ features = {"numeric": [], "categorical": []}
 target = "species"
 
 # %%
+from pathlib import Path
+
 from nbship import feedback, training
 from nbship.artifacts import write_frame, write_json
 from nbship.contract import validate_frame
+from nbship.package import project_log_url
 
 cols = training.Features.from_params(features)
-labelled, summary = feedback.labelled_feedback(feedback.log_url(log_url), cols, target)
+url = project_log_url(Path.cwd(), log_url)  # the task runs in the project folder
+labelled, summary = feedback.labelled_feedback(url, cols, target)
 if len(labelled):
     validate_frame(labelled, suite, columns=[*cols.columns, target])
 write_frame(labelled, product["data"])

@@ -13,30 +13,17 @@ row: it is counted in the summary, not guessed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .data import fingerprint
-from .prediction_log import FEEDBACK_KIND, read_log, url_for_sqlite
+from .prediction_log import FEEDBACK_KIND, read_log
 from .training import Features
 
-LOG_URL_ENV = "NBSHIP_LOG_URL"
 ID_CHUNK = 500  # request ids per query (SQLite allows a few thousand bound values)
-
-
-def log_url(url: str, project_dir: str | Path = ".") -> str:
-    """The prediction log the servers write to: `NBSHIP_LOG_URL` when set (as for the
-    servers), else `url`, a relative SQLite file taken from `project_dir`."""
-    url = os.environ.get(LOG_URL_ENV) or url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return url_for_sqlite(Path(project_dir).resolve() / url.removeprefix(prefix))
-    return url
 
 
 @dataclass(frozen=True)

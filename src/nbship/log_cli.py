@@ -7,7 +7,6 @@ folder); `NBSHIP_LOG_URL` overrides it, as it does for the server.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,14 @@ TIME = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"
 
 
 def log_url(project: Path) -> str:
-    from .package import log_settings
+    from .package import project_log_url
     from .pipeline import read_env
 
-    if url := os.environ.get("NBSHIP_LOG_URL"):
-        return url
     try:
         env = read_env(project)
     except FileNotFoundError:
         env = {}
-    return log_settings(project, (env or {}).get("prediction_log"))["url"]
+    return project_log_url(project, ((env or {}).get("prediction_log") or {}).get("url"))
 
 
 def _filters(since: datetime | None, until: datetime | None, model: str | None,

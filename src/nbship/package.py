@@ -211,6 +211,14 @@ def log_settings(project_dir: Path, settings: Mapping[str, Any] | None) -> dict[
     }
 
 
+def project_log_url(project_dir: Path, url: str | None) -> str:
+    """The prediction log a project's servers write to: `NBSHIP_LOG_URL` when set (as it
+    is for them), else `url` (env.yaml's), a relative SQLite file taken from the project."""
+    from .prediction_log import LOG_URL_ENV
+
+    return os.environ.get(LOG_URL_ENV) or log_settings(project_dir, {"url": url})["url"]
+
+
 def published_link(project_dir: Path, env: Mapping[str, Any]) -> Path:
     """Where a project publishes its current bento: `<bentos>/<bento name>` (a symlink)."""
     return project_dir.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]

@@ -98,6 +98,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TABLE = "prediction_log"
+LOG_URL_ENV = "NBSHIP_LOG_URL"  # where the servers log ("off": nowhere); overrides config
 # entry kinds besides "predict": POST /feedback's labels, POST /admin/retrain's requests
 FEEDBACK_KIND = "feedback"
 RETRAIN_REQUEST_KIND = "retrain-request"

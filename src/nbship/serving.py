@@ -46,6 +46,7 @@ from .contract import Contract, load_suite, record_model
 from .live_metrics import LiveMetrics
 from .prediction_log import (
     FEEDBACK_KIND,
+    LOG_URL_ENV,
     RETRAIN_REQUEST_KIND,
     LogEntry,
     PredictionLog,
@@ -55,7 +56,6 @@ from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
 from .request_log import RequestLogMiddleware
 
 CONFIG_FILE = "serving.json"
-LOG_URL_ENV = "NBSHIP_LOG_URL"  # "off" turns the prediction log off
 LOG_SPOOL_ENV = "NBSHIP_LOG_SPOOL"
 RELOAD_ENV = "NBSHIP_RELOAD_SECONDS"  # how often to ask the registry; 0 = never
 ADMIN_TOKEN_ENV = "NBSHIP_ADMIN_TOKEN"  # required by /admin/*; unset = admin routes off

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from nbship import data
-from nbship.feedback import labelled_feedback, log_url, new_labels
+from nbship.feedback import labelled_feedback, new_labels
+from nbship.package import project_log_url as log_url
 from nbship.prediction_log import LogEntry, PredictionLog, url_for_sqlite
 from nbship.training import Features
 
@@ -101,10 +102,10 @@ def test_new_labels_counts_items_since_a_time(url: str):
 
 def test_log_url_is_the_servers_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("NBSHIP_LOG_URL", raising=False)
-    assert log_url("sqlite:///log.db", tmp_path) == url_for_sqlite(tmp_path / "log.db")
-    assert log_url("postgresql+psycopg://h/db", tmp_path) == "postgresql+psycopg://h/db"
+    assert log_url(tmp_path, "sqlite:///log.db") == url_for_sqlite(tmp_path / "log.db")
+    assert log_url(tmp_path, "postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
     monkeypatch.setenv("NBSHIP_LOG_URL", "sqlite:////srv/log.db")
-    assert log_url("sqlite:///log.db", tmp_path) == "sqlite:////srv/log.db"
+    assert log_url(tmp_path, "sqlite:///log.db") == "sqlite:////srv/log.db"
 
 
 def _penguins() -> pd.DataFrame:
