@@ -31,20 +31,15 @@ import yaml
 
 from benchmarks.serve import load, records
 from nbship.registry import Registry
-from tests.support import PROJECT, free_port, start, stop, wait_http
+from tests.support import copy_sources, free_port, start, stop, wait_http
 
-FILES = ("pipeline.yaml", "env.yaml", "pyproject.toml", "uv.lock", "README.md")
-DIRS = ("notebooks", "expectations")
 OTHER = {"knn": {"n_neighbors": 5}, "logreg": {"C": 0.5}, "forest": {"max_depth": 5},
          "hist_gb": {"max_iter": 80}}  # fmt: skip
 
 
 def built_copy(dest: Path, env: dict[str, str]) -> tuple[str, str]:
     """Builds a copy of the project twice; returns the two registered model tags."""
-    for name in FILES:
-        shutil.copy2(PROJECT / name, dest / name)
-    for name in DIRS:
-        shutil.copytree(PROJECT / name, dest / name)
+    copy_sources(dest)
     nbship = str(Path(sys.executable).with_name("nbship"))
     tags = []
     for again in (False, True):
@@ -85,7 +80,6 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="nbship-bench-swap-"))
     project = scratch / "project"
-    project.mkdir()
     env = {"BENTOML_HOME": str(scratch / "bentoml")}
     full_env = {**os.environ, **env}
     first, second = built_copy(project, full_env)

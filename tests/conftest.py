@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import PROJECT
+from tests.support import PROJECT, copy_sources
 
 # In-process tests that use BentoML's model store get a throwaway one, never ~/bentoml
 # (BentoML reads BENTOML_HOME when it is first imported, which is after this).
@@ -24,10 +24,6 @@ _BENTOML_HOME = tempfile.mkdtemp(prefix="nbship-test-bentoml-")
 os.environ["BENTOML_HOME"] = _BENTOML_HOME
 atexit.register(shutil.rmtree, _BENTOML_HOME, True)
 
-# What a project folder needs to build: definitions, notebooks, suites, and the lock
-# that the bento's pins are exported from.
-PROJECT_FILES = ("pipeline.yaml", "env.yaml", "pyproject.toml", "uv.lock", "README.md")
-PROJECT_DIRS = ("notebooks", "expectations")
 NBSHIP = str(Path(sys.executable).with_name("nbship"))
 
 
@@ -86,11 +82,7 @@ class Project:
 
 
 def copy_project(dest: Path, bentoml_home: Path) -> Project:
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        shutil.copy2(PROJECT / name, dest / name)
-    for name in PROJECT_DIRS:
-        shutil.copytree(PROJECT / name, dest / name)
+    copy_sources(dest)
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
     return Project(path=dest, env=env)
 

@@ -11,13 +11,28 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+# What a project folder needs to build: definitions, notebooks, suites, and the lock
+# that the bento's pins are exported from.
+PROJECT_FILES = ("pipeline.yaml", "env.yaml", "pyproject.toml", "uv.lock", "README.md")
+PROJECT_DIRS = ("notebooks", "expectations")
+
+
+def copy_sources(dest: Path) -> None:
+    """A fresh, unbuilt copy of the example project's sources in `dest` (created)."""
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(PROJECT / name, dest / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(PROJECT / name, dest / name)
 
 
 async def load_until(
@@ -42,14 +57,22 @@ def info(url: str) -> dict:
     return httpx.get(f"{url}/info", timeout=10).json()
 
 
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.2) -> T | None:
+    """Calls `condition` every `interval` seconds until it returns neither None nor
+    False, and returns that; None once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
 def wait_for_tag(url: str, tag: str, timeout: float = 20) -> bool:
     """Polls /info until the server says it serves `tag`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if info(url)["model_tag"] == tag:
-            return True
-        time.sleep(0.2)
-    return False
+    return bool(wait_until(lambda: info(url)["model_tag"] == tag, timeout))
 
 
 def free_port() -> int:

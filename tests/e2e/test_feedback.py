@@ -4,7 +4,6 @@ right after the answers loses none of it."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from nbship.prediction_log import read_log, url_for_sqlite
 from tests.conftest import Project
-from tests.support import free_port, kill9, start, stop, wait_http
+from tests.support import free_port, kill9, start, stop, wait_http, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -65,18 +64,19 @@ def test_feedback_is_validated_and_survives_a_kill_9(built_project: Project, tmp
 
     url, proc = _serve(built_project, tmp_path, env)  # adopts the killed server's spool
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            log = read_log(url_for_sqlite(db), kind="feedback")
-            if len(log) == 2:
-                break
-            time.sleep(0.3)
+        log = wait_until(lambda: _both_stored(db), 30, 0.3)
     finally:
         stop(proc)
+    assert log is not None, "the killed server's feedback did not reach the log"
     assert sorted(log["request_id"]) == sorted(a.json()["feedback_id"] for a in acks)
     items = [i for inputs in log["inputs"] for i in inputs]
     assert {"request_id": request_id, "label": "Gentoo", "row": 0, "record": None} in items
     assert sum(i["record"] == RECORD for i in items) == 2
+
+
+def _both_stored(db: Path):
+    log = read_log(url_for_sqlite(db), kind="feedback")
+    return log if len(log) == 2 else None
 
 
 def test_feedback_without_a_store_is_refused_not_lost(built_project: Project, tmp_path: Path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 
 from nbship.prediction_log import count, read_log, url_for_sqlite
 from tests.conftest import Project
-from tests.support import free_port, kill9, start, stop, wait_http
+from tests.support import free_port, kill9, start, stop, wait_http, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +42,8 @@ def _serve(project: Project, tmp: Path, db: Path):
 
 
 def _wait_rows(url: str, expected: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while (n := count(url)) < expected and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return n
+    wait_until(lambda: count(url) >= expected, timeout, 0.3)
+    return count(url)
 
 
 async def _send(server: str, bodies: list[object], concurrency: int) -> list[httpx.Response]:

@@ -23,7 +23,16 @@ from nbship.prediction_log import RETRAIN_REQUEST_KIND, count, url_for_sqlite
 from nbship.registry import Registry
 from nbship.retrain import RetrainSettings, due
 from tests.conftest import NBSHIP, Project
-from tests.support import free_port, info, load_until, start, stop, wait_for_tag, wait_http
+from tests.support import (
+    free_port,
+    info,
+    load_until,
+    start,
+    stop,
+    wait_for_tag,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,10 +69,8 @@ def _post_feedback(url: str, items: list[dict]) -> None:
 
 
 def _wait_logged(db_url: str, kind: str, n: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while count(db_url, kind=kind) < n:
-        assert time.monotonic() < deadline, f"{kind} entries did not reach the log"
-        time.sleep(0.3)
+    reached = wait_until(lambda: count(db_url, kind=kind) >= n, timeout, 0.3)
+    assert reached, f"{kind} entries did not reach the log"
 
 
 def test_feedback_retrains_and_the_server_switches(built_project: Project, tmp_path: Path):
@@ -192,11 +199,9 @@ def test_feedback_retrains_and_the_server_switches(built_project: Project, tmp_p
 
 
 def _wait_for_new_champion(project: Project, old: str, timeout: float) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def new_champion() -> str | None:
         with Registry(f"sqlite:///{project.path / 'registry.db'}") as registry:
             champion = registry.alias("penguins_classifier", "champion")
-        if champion is not None and champion.tag != old:
-            return champion.tag
-        time.sleep(1)
-    return None
+        return champion.tag if champion is not None and champion.tag != old else None
+
+    return wait_until(new_champion, timeout, interval=1)

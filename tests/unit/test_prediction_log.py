@@ -37,7 +37,7 @@ from nbship.prediction_log import (
     read_log,
     url_for_sqlite,
 )
-from tests.support import PROJECT, free_port, postgres_schema
+from tests.support import PROJECT, free_port, postgres_schema, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -108,10 +108,7 @@ def stored_ids(url: str) -> list[str]:
 
 
 def wait_for(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    assert wait_until(condition, timeout, 0.02), "timed out"
 
 
 def leftover_segments(spool: Path) -> list[Path]:
