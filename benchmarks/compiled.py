@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from nbship import data, training
-from nbship.compiled import compile_and_verify, to_columns
+from nbship.pipeline import data, training
+from nbship.serving.compiled import compile_and_verify, to_columns
 
 FEATURES = training.Features(
     numeric=("bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"),

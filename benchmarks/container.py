@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.serve import load, records
-from nbship.container import (
+from nbship.deploy.container import (
     ContainerSettings,
     base_image_ref,
     build_image,

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nbship.pipeline import STAMP_FILE, export_scripts
+from nbship.pipeline.dag import STAMP_FILE, export_scripts
 from tests.conftest import NBSHIP, copy_project
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.serve import load, records
-from nbship.registry import Registry
+from nbship.registry.versions import Registry
 from tests.support import copy_sources, free_port, start, stop, wait_http
 
 OTHER = {"knn": {"n_neighbors": 5}, "logreg": {"C": 0.5}, "forest": {"max_depth": 5},
@@ -66,7 +66,7 @@ def flip(registry_url: str, tags: tuple[str, str], every: float, done: threading
 
 
 def run_state(project: Path, run_id: str, key: str = "state") -> str | None:
-    from nbship.retrain import runs
+    from nbship.operate.retrain import runs
 
     return next((r.get(key) for r in runs(project) if r["run_id"] == run_id), "starting")
 
@@ -119,7 +119,7 @@ def main() -> None:
         flipper.join()
         swaps = log.read_text().count("now serving") - swaps_before
         # a retrain (the whole pipeline, niced) on the same two cores as server and load
-        from nbship.retrain import start as start_retrain
+        from nbship.operate.retrain import start as start_retrain
 
         run = start_retrain(project)
         started = time.monotonic()

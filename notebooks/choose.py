@@ -8,8 +8,8 @@ product = None
 metric = "f1_macro"
 
 # %%
-from nbship import training
-from nbship.artifacts import read_json, write_json
+from nbship.common.artifacts import read_json, write_json
+from nbship.pipeline import training
 
 results = read_json(upstream["evaluate"]["metrics"])
 choice = training.choose_winner({name: r["test"] for name, r in results.items()}, metric)

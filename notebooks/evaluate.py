@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from nbship import training
-from nbship.artifacts import read_json, read_model, write_json
+from nbship.common.artifacts import read_json, read_model, write_json
+from nbship.pipeline import training
 
 cols = training.Features.from_params(features)
 test = pd.read_parquet(upstream["split"]["test"])

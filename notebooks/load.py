@@ -10,8 +10,8 @@ sample_rows = None
 seed = 42
 
 # %%
-from nbship import data
-from nbship.artifacts import write_frame
+from nbship.common.artifacts import write_frame
+from nbship.pipeline import data
 
 raw = data.load_source(source, sample_rows=sample_rows, seed=seed)
 write_frame(raw, product["data"])

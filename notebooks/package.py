@@ -21,8 +21,8 @@ prediction_log = {}
 gates = {}
 
 # %%
-from nbship import package
-from nbship.artifacts import read_json, write_json
+from nbship.common.artifacts import read_json, write_json
+from nbship.packaging import bento as package
 
 choice = read_json(upstream["choose"]["winner"])
 winner = choice["winner"]

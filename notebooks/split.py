@@ -15,8 +15,8 @@ seed = 42
 # %%
 import pandas as pd
 
-from nbship import data
-from nbship.artifacts import read_json, write_frame, write_json
+from nbship.common.artifacts import read_json, write_frame, write_json
+from nbship.pipeline import data
 
 raw = pd.read_parquet(upstream["load"]["data"])
 feedback = pd.read_parquet(upstream["feedback"]["data"])

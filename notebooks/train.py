@@ -14,8 +14,8 @@ target = "species"
 # %%
 import pandas as pd
 
-from nbship import training
-from nbship.artifacts import write_json, write_model
+from nbship.common.artifacts import write_json, write_model
+from nbship.pipeline import training
 
 cols = training.Features.from_params(features)
 train = pd.read_parquet(upstream["split"]["train"])

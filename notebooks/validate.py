@@ -11,8 +11,8 @@ suite = "expectations/penguins.json"
 # %%
 import pandas as pd
 
-from nbship.artifacts import write_json
-from nbship.contract import validate_frame
+from nbship.common.artifacts import write_json
+from nbship.pipeline.contract import validate_frame
 
 raw = pd.read_parquet(upstream["load"]["data"])
 summary = validate_frame(raw, suite)

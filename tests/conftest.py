@@ -113,7 +113,7 @@ def built_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) 
 @pytest.fixture(scope="session")
 def container_settings():
     """The project's own podman state: the base image is cached there across runs."""
-    from nbship.container import ContainerSettings
+    from nbship.deploy.container import ContainerSettings
 
     return ContainerSettings.from_env(PROJECT, yaml.safe_load((PROJECT / "env.yaml").read_text())
                                       .get("container"))  # fmt: skip
@@ -125,7 +125,7 @@ def container_image(built_project: Project, container_settings):
     (the cached base image stays)."""
     import subprocess
 
-    from nbship.container import build_image, podman_env
+    from nbship.deploy.container import build_image, podman_env
 
     image = build_image(built_project.bento, container_settings)
     yield image

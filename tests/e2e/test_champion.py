@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbship.model_store import archive_uri
+from nbship.registry.model_store import archive_uri
 from tests.conftest import Project
 from tests.support import free_port, start, stop, wait_http
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from nbship.container import inspect, podman_env, run_container, stop_container
+from nbship.deploy.container import inspect, podman_env, run_container, stop_container
 from tests.conftest import Project
 from tests.support import free_port, wait_http
 

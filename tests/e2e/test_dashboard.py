@@ -1,6 +1,6 @@
 """The dashboard in a real headless browser: a real registry (two versions, the second
 promoted) and a real prediction log (a few hundred requests over the last hours, some
-failed) in SQLite files, `python -m nbship.dashboard` on 127.0.0.1, and Debian's
+failed) in SQLite files, `python -m nbship.operate.dashboard` on 127.0.0.1, and Debian's
 chromium driven by selenium: the page shows the champion, the charts render, the
 versions are listed, the inline refresh runs, and the console stays free of errors."""
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbship.data import load_source
 from nbship.drift import reference_profile
-from nbship.prediction_log import LogEntry, PredictionLog, count, url_for_sqlite
-from nbship.registry import Registry
+from nbship.pipeline.data import load_source
+from nbship.prediction_log.store import LogEntry, PredictionLog, count, url_for_sqlite
+from nbship.registry.versions import Registry
 from tests.support import free_port, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
@@ -136,7 +136,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "profile.json").write_text(json.dumps(profile))
     port = free_port()
     cmd = [
-        sys.executable, "-m", "nbship.dashboard", "--registry-url", registry_url,
+        sys.executable, "-m", "nbship.operate.dashboard", "--registry-url", registry_url,
         "--log-url", log_url, "--model", MODEL, "--profile", str(tmp / "profile.json"),
         "--window-minutes", "30", "--period-hours", "6", "--refresh-seconds", "2",
         "--host", "127.0.0.1", "--port", str(port),
@@ -282,7 +282,7 @@ def test_dashboard_html_and_json(dashboard: str) -> None:
 
 def test_empty_sources_render_no_traffic_yet(tmp_path: Path) -> None:
     """No registry, no log yet: the page still renders, and nothing is created."""
-    from nbship.dashboard import create_app
+    from nbship.operate.dashboard import create_app
 
     registry, log = tmp_path / "registry.db", tmp_path / "log.db"
     app = create_app(
@@ -311,8 +311,8 @@ def test_empty_sources_render_no_traffic_yet(tmp_path: Path) -> None:
 def test_champions_drift_reference_and_stored_alerts(tmp_path: Path) -> None:
     """Without a profile the champion's stored `drift_profile` is the reference; alerts
     in the log's database (the monitor's default store) are listed."""
-    from nbship.alerts import Alert, AlertStore
-    from nbship.dashboard import _live, build_summary
+    from nbship.operate.alerts import Alert, AlertStore
+    from nbship.operate.dashboard import _live, build_summary
 
     profile = reference_profile(load_source("palmerpenguins"), NUMERIC, CATEGORICAL)
     registry_url, log_url = url_for_sqlite(tmp_path / "r.db"), url_for_sqlite(tmp_path / "l.db")

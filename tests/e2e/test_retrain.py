@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbship.prediction_log import RETRAIN_REQUEST_KIND, count, url_for_sqlite
-from nbship.registry import Registry
-from nbship.retrain import RetrainSettings, due
+from nbship.operate.retrain import RetrainSettings, due
+from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count, url_for_sqlite
+from nbship.registry.versions import Registry
 from tests.conftest import NBSHIP, Project
 from tests.support import (
     free_port,

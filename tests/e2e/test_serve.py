@@ -57,7 +57,7 @@ def server(
 
 
 def _container_server(image: str, settings) -> Iterator[str]:
-    from nbship.container import logs, run_container, stop_container
+    from nbship.deploy.container import logs, run_container, stop_container
 
     port = free_port()
     container_id = run_container(image, port, settings)

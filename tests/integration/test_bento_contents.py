@@ -6,8 +6,11 @@ import json
 import pytest
 import yaml
 
+from nbship.packaging.bento import served_modules
 from tests.conftest import Project
 from tests.support import PROJECT
+
+SRC = PROJECT / "src" / "nbship"
 
 pytestmark = pytest.mark.integration
 
@@ -59,21 +62,14 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
     src = built_project.bento / "src"
     suite = json.loads((src / "expectations" / "penguins.json").read_text())
     assert suite == json.loads((PROJECT / "expectations" / "penguins.json").read_text())
-    shipped = sorted(p.name for p in (src / "nbship").glob("*.py"))
-    assert shipped == [
-        "__init__.py",
-        "batching.py",
-        "compiled.py",
-        "contract.py",
-        "drift.py",
-        "live_metrics.py",
-        "model_store.py",
-        "prediction_log.py",
-        "registry.py",
-        "request_log.py",
-        "serving.py",
-        "sqlite.py",
-    ]
+    shipped = sorted(p.relative_to(src / "nbship") for p in (src / "nbship").rglob("*.py"))
+    assert shipped == served_modules()
+    # the stages serving needs, each whole; nothing of the CLI, the build or operating tools
+    assert {p.parts[0] for p in shipped if len(p.parts) > 1} == {
+        "common", "pipeline", "registry", "prediction_log", "serving",
+    }  # fmt: skip
+    for module in shipped:
+        assert (src / "nbship" / module).read_bytes() == (SRC / module).read_bytes(), module
 
 
 def test_model_metadata_is_complete(built_project: Project):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nbship import pipeline
+from nbship.pipeline import dag as pipeline
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nbship.registry import Registry
+from nbship.registry.versions import Registry
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from nbship.alerts import (
+from nbship.drift import reference_profile
+from nbship.operate.alerts import (
     UNKNOWN_FIELD,
     Alert,
     AlertStore,
@@ -35,10 +36,15 @@ from nbship.alerts import (
     send,
     window_metrics,
 )
-from nbship.contract import Contract, load_suite, record_model
-from nbship.data import load_source, split
-from nbship.drift import reference_profile
-from nbship.prediction_log import LogEntry, PredictionLog, new_request_id, read_log, url_for_sqlite
+from nbship.pipeline.contract import Contract, load_suite, record_model
+from nbship.pipeline.data import load_source, split
+from nbship.prediction_log.store import (
+    LogEntry,
+    PredictionLog,
+    new_request_id,
+    read_log,
+    url_for_sqlite,
+)
 from tests.support import PROJECT, free_port
 
 pytestmark = pytest.mark.unit
@@ -560,7 +566,7 @@ def test_the_webhook_receives_the_alerts_as_json(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     alerts = [an_alert(), an_alert("errors")]
-    caplog.set_level(logging.WARNING, logger="nbship.alerts")
+    caplog.set_level(logging.WARNING, logger="nbship.operate.alerts")
     deliveries = send(alerts, [Sink("log"), Sink("webhook", url=receiver.url, timeout_s=2)])
     assert [(d.ok, d.error) for d in deliveries] == [(True, None), (True, None)]
     assert deliveries[1].sink == f"webhook http://127.0.0.1:{receiver.server.server_port}"
@@ -577,7 +583,7 @@ def test_the_webhook_receives_the_alerts_as_json(
     assert first["window_start"] == START.isoformat()
     assert first["window_end"] == (START + HOUR).isoformat()
     assert first["message"] == alerts[0].message
-    lines = [r.getMessage() for r in caplog.records if r.name == "nbship.alerts"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nbship.operate.alerts"]
     assert lines == [f"ALERT {alerts[0].message}", f"ALERT {alerts[1].message}"]
     assert send([], [Sink("webhook", url=receiver.url)]) == []  # nothing to say: no call
     assert len(receiver.requests) == 1
@@ -586,7 +592,7 @@ def test_the_webhook_receives_the_alerts_as_json(
 def test_a_dead_or_failing_webhook_does_not_stop_the_other_sinks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="nbship.alerts")
+    caplog.set_level(logging.WARNING, logger="nbship.operate.alerts")
     dead = Sink("webhook", url=f"http://127.0.0.1:{free_port()}/hook?token=secret", timeout_s=1)
     with Receiver(status=500) as failing:
         sinks: Sequence[Sink] = [dead, Sink("webhook", url=failing.url, timeout_s=2), Sink("log")]

@@ -3,7 +3,7 @@ import os
 import pandas as pd
 import pytest
 
-from nbship import artifacts
+from nbship.common import artifacts
 
 pytestmark = pytest.mark.unit
 

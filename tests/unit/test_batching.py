@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from nbship.batching import MicroBatcher
+from nbship.serving.batching import MicroBatcher
 
 pytestmark = pytest.mark.unit
 

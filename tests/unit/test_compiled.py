@@ -13,8 +13,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, StandardScaler
 
-from nbship import data, training
-from nbship.compiled import (
+from nbship.pipeline import data, training
+from nbship.serving.compiled import (
     CompiledModel,
     UnsupportedModel,
     compile_and_verify,
@@ -386,7 +386,7 @@ def test_plan_pickles_and_verify_without_rows_is_not_ok(parts, fitted):
 
 def test_module_imports_nothing_from_nbship():
     """The bento copies compiled.py beside serving.py: it must need no other nbship module."""
-    tree = ast.parse((PROJECT / "src" / "nbship" / "compiled.py").read_text())
+    tree = ast.parse((PROJECT / "src" / "nbship" / "serving" / "compiled.py").read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

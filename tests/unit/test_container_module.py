@@ -1,4 +1,4 @@
-"""nbship.container without podman: settings, podman's config files, the Containerfile,
+"""nbship.deploy.container without podman: settings, podman's config files, the Containerfile,
 image names and the checks that run before any build."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nbship import container
-from nbship.container import ContainerError, ContainerSettings
+from nbship.deploy import container
+from nbship.deploy.container import ContainerError, ContainerSettings
 
 pytestmark = pytest.mark.unit
 

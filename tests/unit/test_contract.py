@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from nbship.contract import (
+from nbship.pipeline.contract import (
     Contract,
     DataValidationError,
     FieldSpec,
@@ -246,7 +246,7 @@ def test_importing_contract_does_not_import_great_expectations():
     code = textwrap.dedent(
         """
         import sys
-        import nbship.contract
+        import nbship.pipeline.contract
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "great_expectations")
         print(len(loaded))
         """

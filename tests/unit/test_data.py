@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from nbship import data
+from nbship.pipeline import data
 
 pytestmark = pytest.mark.unit
 

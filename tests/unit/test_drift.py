@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbship.data import load_source, split
 from nbship.drift import (
     DEFAULT_MIN_ROWS,
     OTHER,
@@ -22,6 +21,7 @@ from nbship.drift import (
     psi,
     reference_profile,
 )
+from nbship.pipeline.data import load_source, split
 
 pytestmark = pytest.mark.unit
 

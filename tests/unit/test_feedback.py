@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nbship import data
-from nbship.feedback import labelled_feedback, new_labels
-from nbship.package import project_log_url as log_url
-from nbship.prediction_log import LogEntry, PredictionLog, url_for_sqlite
-from nbship.training import Features
+from nbship.operate.feedback import labelled_feedback, new_labels
+from nbship.packaging.bento import project_log_url as log_url
+from nbship.pipeline import data
+from nbship.pipeline.training import Features
+from nbship.prediction_log.store import LogEntry, PredictionLog, url_for_sqlite
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,9 @@ from dataclasses import asdict
 import pytest
 from sklearn.dummy import DummyClassifier
 
-from nbship import data, gates, training
-from nbship.gates import GateConfig
+from nbship.pipeline import data, training
+from nbship.registry import gates
+from nbship.registry.gates import GateConfig
 
 pytestmark = pytest.mark.unit
 

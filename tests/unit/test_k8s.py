@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from nbship import k8s
-from nbship.k8s import DeploymentSettings
+from nbship.deploy import k8s
+from nbship.deploy.k8s import DeploymentSettings
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nbship.live_metrics import _labels, failed_fields
+from nbship.serving.live_metrics import _labels, failed_fields
 
 pytestmark = pytest.mark.unit
 

@@ -19,9 +19,10 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 
-from nbship import data, gates, model_card, training
-from nbship.package import library_versions
-from nbship.registry import ModelVersion, RegistryError
+from nbship.packaging.bento import library_versions
+from nbship.pipeline import data, training
+from nbship.registry import gates, model_card
+from nbship.registry.versions import ModelVersion, RegistryError
 
 pytestmark = pytest.mark.unit
 

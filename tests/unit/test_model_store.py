@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from nbship import model_store
-from nbship.model_store import MissingArtifactError, TamperedArtifactError
+from nbship.registry import model_store
+from nbship.registry.model_store import MissingArtifactError, TamperedArtifactError
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from nbship.models_cli import models, table
-from nbship.registry import Registry
+from nbship.cli.models import models, table
+from nbship.registry.versions import Registry
 
 pytestmark = pytest.mark.unit
 

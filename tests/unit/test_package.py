@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from nbship import package
-from nbship.package import PackagingError
+from nbship.packaging import bento as package
+from nbship.packaging.bento import PackagingError
 from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
@@ -221,7 +223,7 @@ def staged(tmp_path: Path) -> tuple[Path, dict]:
         "target": "species",
         "suite": "expectations/penguins.json",
         "max_batch": 10,
-        "metadata": {"candidate": "logreg"},
+        "metadata": {"candidate": "logreg", "classes": ["Adelie", "Gentoo"]},
     }
     package.stage_build_context(
         staging,
@@ -237,26 +239,34 @@ def staged(tmp_path: Path) -> tuple[Path, dict]:
 def test_stage_build_context_writes_only_what_serving_needs(staged: tuple[Path, dict]):
     staging, _ = staged
     files = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
-    assert files == {
-        "nbship/__init__.py",
-        "nbship/batching.py",
-        "nbship/compiled.py",
-        "nbship/contract.py",
-        "nbship/drift.py",
-        "nbship/live_metrics.py",
-        "nbship/model_store.py",
-        "nbship/prediction_log.py",
-        "nbship/registry.py",
-        "nbship/request_log.py",
-        "nbship/serving.py",
-        "nbship/sqlite.py",
+    assert files == {f"nbship/{m.as_posix()}" for m in package.served_modules()} | {
         "expectations/penguins.json",
         "serving.json",
         "requirements.txt",
         "bentofile.yaml",
     }
-    for module in ("__init__.py", "contract.py", "serving.py"):
+    for module in ("__init__.py", "pipeline/contract.py", "serving/service.py"):
         assert (staging / "nbship" / module).read_bytes() == (SRC / module).read_bytes()
+    shipped = {m.parts[0] for m in package.served_modules() if len(m.parts) > 1}
+    assert shipped == {"common", "pipeline", "registry", "prediction_log", "serving"}
+
+
+def test_the_staged_package_is_all_the_service_imports(staged: tuple[Path, dict]):
+    """The service imports from the staged folder alone: a module a subpackage needs but the
+    bento lacks would fail here, before any bento is built."""
+    staging, _ = staged
+    probe = (
+        "import sys, nbship.serving.service, json; "
+        "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
+        "if n.startswith('nbship') and getattr(m, '__file__', None))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=staging, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(staging)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)
+    assert files and all(Path(f).is_relative_to(staging) for f in files), files
     assert (staging / "expectations" / "penguins.json").read_bytes() == SUITE.read_bytes()
     assert (staging / "requirements.txt").read_text() == "bentoml==1.4.39\nscikit-learn==1.9.1\n"
 
@@ -269,7 +279,7 @@ def test_stage_build_context_writes_serving_json(staged: tuple[Path, dict]):
 def test_stage_build_context_bentofile(staged: tuple[Path, dict]):
     staging, _ = staged
     bentofile = yaml.safe_load((staging / "bentofile.yaml").read_text())
-    assert bentofile["service"] == "nbship.serving:ModelService"
+    assert bentofile["service"] == "nbship.serving.service:ModelService"
     assert bentofile["name"] == "penguins_classifier"
     assert bentofile["models"] == ["penguins_classifier:abc123"]
     assert bentofile["python"] == {"requirements_txt": "requirements.txt", "lock_packages": False}
@@ -280,7 +290,7 @@ def test_stage_build_context_bentofile(staged: tuple[Path, dict]):
         "PLOOMBER_STATS_ENABLED": "false",
         "PLOOMBER_VERSION_CHECK_DISABLED": "1",
     }
-    assert set(bentofile["include"]) == {"nbship/*.py", "expectations/*.json", "serving.json"}
+    assert set(bentofile["include"]) == {"nbship/**/*.py", "expectations/*.json", "serving.json"}
 
 
 def test_stage_build_context_refuses_a_used_folder(staged: tuple[Path, dict]):

@@ -1,4 +1,4 @@
-"""The Ploomber seam (`nbship.pipeline`) on a tiny throwaway two-notebook project."""
+"""The Ploomber seam (`nbship.pipeline.dag`) on a tiny throwaway two-notebook project."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ploomber.exceptions import DAGBuildError, TaskBuildError
 
-from nbship import pipeline
+from nbship.pipeline import dag as pipeline
 
 pytestmark = pytest.mark.unit
 
@@ -235,7 +235,8 @@ def test_export_scripts_runs_nothing(project: Path, tmp_path: Path):
 def test_failure_cause_is_the_task_error_not_ploombers_stack():
     text = (
         'Traceback (most recent call last):\n  File "x.py", line 1\n'
-        "nbship.contract.DataValidationError: Data validation failed: 1 expectation(s) failed\n"
+        "nbship.pipeline.contract.DataValidationError: "
+        "Data validation failed: 1 expectation(s) failed\n"
         "- expect_column_values_to_be_in_set on island: 1 unexpected value(s)\n\n"
         "ploomber.exceptions.TaskBuildError: Error when executing task 'validate'.\n"
         'ploomber.exceptions.TaskBuildError: Error building task "validate"\n'

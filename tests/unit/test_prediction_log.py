@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from nbship.prediction_log import (
+from nbship.prediction_log.store import (
     COLUMNS,
     REJECTED_FILE,
     LogEntry,
@@ -401,7 +401,7 @@ def test_a_row_postgresql_refuses_is_set_aside(postgres_url: str, tmp_path: Path
 CHILD = """
 import sys, time
 from datetime import UTC, datetime
-from nbship.prediction_log import LogEntry, PredictionLog
+from nbship.prediction_log.store import LogEntry, PredictionLog
 url, spool, n, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 log = PredictionLog(url, spool, flush_interval=interval, batch_size=100, max_backoff=0.1)
 log.start()
@@ -452,7 +452,7 @@ def test_acknowledged_entries_survive_kill_9(store: Store, tmp_path: Path, datab
 
 REPLAYER = """
 import json, sys
-from nbship.prediction_log import PredictionLog
+from nbship.prediction_log.store import PredictionLog
 log = PredictionLog(sys.argv[1], sys.argv[2], batch_size=100).start()
 done = log.flush(120)
 stats = log.stats

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nbship import prediction_log
-from nbship.prediction_log import (
+from nbship.prediction_log import store as prediction_log
+from nbship.prediction_log.store import (
     LogEntry,
     PredictionLog,
     RawJSON,

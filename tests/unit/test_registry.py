@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from nbship.registry import (
+from nbship.registry.versions import (
     ModelVersion,
     Registry,
     RegistryError,
@@ -236,7 +236,7 @@ def test_two_registries_share_a_sqlite_file(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from nbship.registry import Registry
+from nbship.registry.versions import Registry
 url, worker = sys.argv[1], sys.argv[2]
 reg = Registry(url)
 for i in range(15):

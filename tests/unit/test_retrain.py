@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from nbship.artifacts import write_json
-from nbship.pipeline import BuildBusy, build_lock
-from nbship.prediction_log import (
+from nbship.common.artifacts import write_json
+from nbship.operate.retrain import RetrainSettings, due, runs, runs_dir
+from nbship.pipeline.dag import BuildBusy, build_lock
+from nbship.prediction_log.store import (
     RETRAIN_REQUEST_KIND,
     LogEntry,
     PredictionLog,
     url_for_sqlite,
 )
-from nbship.retrain import RetrainSettings, due, runs, runs_dir
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nbship import data, training
+from nbship.pipeline import data, training
 
 pytestmark = pytest.mark.unit
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pandas as pd
 
-from .data import fingerprint
-from .gates import GateConfig, run_gates
-from .model_store import file_digests, load_verified, local_dir
-from .registry import ModelVersion, Registry
-from .training import score
+from nbship.pipeline.data import fingerprint
+from nbship.pipeline.training import score
+from nbship.registry.gates import GateConfig, run_gates
+from nbship.registry.model_store import file_digests, load_verified, local_dir
+from nbship.registry.versions import ModelVersion, Registry
 
 PIPELINE_ACTOR = "nbship-pipeline"
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def write_version_card(
 ) -> Path:
     """Renders the version's model card (compared with `compare_with`, usually the
     champion it was gated against), writes it and records its path in the registry."""
-    from .model_card import card_filename, render_card, write_card
+    from nbship.registry.model_card import card_filename, render_card, write_card
 
     version = registry.get(tag)
     champion = registry.get(compare_with) if compare_with and compare_with != tag else None

@@ -63,7 +63,7 @@ def build_stamp(project_dir: Path) -> str:
     env = read_env(project_dir)
     digest = hashlib.sha256()
     inputs = [p for pattern in INPUT_PATTERNS for p in sorted(project_dir.glob(pattern))]
-    inputs += sorted(Path(__file__).parent.glob("*.py"))
+    inputs += sorted(Path(__file__).parents[1].rglob("*.py"))  # all of nbship
     for path in inputs:
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     for folder in _product_dirs(project_dir, env):

@@ -50,18 +50,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import html_page as page
-from .alerts import ALERTS_TABLE, AlertStore, window_metrics
-from .drift import (
+from nbship.common import html_page as page
+from nbship.common.sqlite import database_file
+from nbship.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
     DEFAULT_PVALUE_THRESHOLD,
     check_profile,
 )
-from .monitor import drift_verdict, window_bounds
-from .prediction_log import read_log
-from .registry import CHAMPION, ModelVersion, Registry, RegistryError
-from .sqlite import database_file
+from nbship.operate.alerts import ALERTS_TABLE, AlertStore, window_metrics
+from nbship.operate.monitor import drift_verdict, window_bounds
+from nbship.prediction_log.store import read_log
+from nbship.registry.versions import CHAMPION, ModelVersion, Registry, RegistryError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
@@ -864,9 +864,9 @@ def serve_dashboard(app: Starlette, host: str = DEFAULT_HOST, port: int = DEFAUL
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m nbship.dashboard --registry-url URL --log-url URL --model NAME ...`"""
+    """`python -m nbship.operate.dashboard --registry-url URL --log-url URL --model NAME ...`"""
     parser = argparse.ArgumentParser(
-        prog="python -m nbship.dashboard", description="Serve the nbship dashboard."
+        prog="python -m nbship.operate.dashboard", description="Serve the nbship dashboard."
     )
     parser.add_argument("--registry-url", required=True, help="the registry's SQLAlchemy URL")
     parser.add_argument("--log-url", required=True, help="the prediction log's SQLAlchemy URL")

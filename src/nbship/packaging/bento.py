@@ -27,24 +27,12 @@ from typing import Any
 
 import yaml
 
-from .artifacts import read_model
-from .training import Features
+from nbship.common.artifacts import read_model
+from nbship.pipeline.training import Features
 
-# The files of this package a bento needs to serve; nothing else of nbship ships.
-SERVING_MODULES = (
-    "__init__.py",
-    "batching.py",
-    "compiled.py",
-    "contract.py",
-    "drift.py",
-    "live_metrics.py",
-    "model_store.py",
-    "prediction_log.py",
-    "registry.py",
-    "request_log.py",
-    "serving.py",
-    "sqlite.py",
-)
+# What of this package a bento ships: its top-level (core) modules and these stages,
+# each whole; a test imports the service from a staged folder to show nothing is missing.
+SERVED_SUBPACKAGES = ("common", "pipeline", "registry", "prediction_log", "serving")
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
 # Files whose content defines a run: hashed into the model's metadata.
@@ -147,6 +135,22 @@ def save_model(
     return str(ref.tag)
 
 
+def served_modules() -> list[Path]:
+    """The files of this package a bento ships, relative to the package folder."""
+    package_dir = Path(__file__).resolve().parents[1]
+    files = sorted(package_dir.glob("*.py"))
+    for name in SERVED_SUBPACKAGES:
+        files += sorted((package_dir / name).rglob("*.py"))
+    return [path.relative_to(package_dir) for path in files]
+
+
+def copy_served_package(dest: Path) -> None:
+    package_dir = Path(__file__).resolve().parents[1]
+    for module in served_modules():
+        (dest / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(package_dir / module, dest / module)
+
+
 def stage_build_context(
     staging: Path,
     *,
@@ -157,19 +161,16 @@ def stage_build_context(
     labels: Mapping[str, str],
 ) -> None:
     """Writes the bento's source folder and its bentofile.yaml."""
-    package_dir = Path(__file__).resolve().parent
-    (staging / "nbship").mkdir(parents=True)
-    for module in SERVING_MODULES:
-        shutil.copy2(package_dir / module, staging / "nbship" / module)
+    copy_served_package(staging / "nbship")
     (staging / "expectations").mkdir()
     shutil.copy2(suite_path, staging / "expectations" / suite_path.name)
     (staging / "serving.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (staging / "requirements.txt").write_text(requirements)
     bentofile = {
-        "service": "nbship.serving:ModelService",
+        "service": "nbship.serving.service:ModelService",
         "name": config["bento_name"],
         "labels": dict(labels),
-        "include": ["nbship/*.py", "expectations/*.json", "serving.json"],
+        "include": ["nbship/**/*.py", "expectations/*.json", "serving.json"],
         "python": {"requirements_txt": "requirements.txt", "lock_packages": False},
         "models": [model_tag],
         "envs": [{"name": k, "value": v} for k, v in BENTO_ENVS.items()],
@@ -214,7 +215,7 @@ def log_settings(project_dir: Path, settings: Mapping[str, Any] | None) -> dict[
 def project_log_url(project_dir: Path, url: str | None) -> str:
     """The prediction log a project's servers write to: `NBSHIP_LOG_URL` when set (as it
     is for them), else `url` (env.yaml's), a relative SQLite file taken from the project."""
-    from .prediction_log import LOG_URL_ENV
+    from nbship.prediction_log.store import LOG_URL_ENV
 
     return os.environ.get(LOG_URL_ENV) or log_settings(project_dir, {"url": url})["url"]
 
@@ -292,17 +293,17 @@ def package_winner(
     publish its bento only when it becomes champion; returns what was done."""
     import pandas as pd
 
-    from . import model_store as store
-    from .promotion import register_and_gate, write_version_card
-    from .registry import Registry
-    from .registry import registry_url as resolve_registry_url
+    from nbship.registry import model_store as store
+    from nbship.registry.promotion import register_and_gate, write_version_card
+    from nbship.registry.versions import Registry
+    from nbship.registry.versions import registry_url as resolve_registry_url
 
     project = Path(project_dir).resolve()
     url = resolve_registry_url(project, {"registry": {"url": registry_url}})
     store_url = store.store_url(project, {"model_store": {"url": model_store}})
 
-    from .compiled import compile_and_verify
-    from .drift import reference_profile
+    from nbship.drift import reference_profile
+    from nbship.serving.compiled import compile_and_verify
 
     model = read_model(model_path)
     feature_set = Features.from_params(features)

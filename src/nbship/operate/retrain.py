@@ -1,6 +1,6 @@
 """Retraining on labelled feedback, in a process of its own.
 
-`start` launches `python -m nbship.retrain <project> <run id>`: a separate process
+`start` launches `python -m nbship.operate.retrain <project> <run id>`: a separate process
 (never the serving one), in its own session and at a lower CPU priority, so serving on
 the same machine keeps its cores. That process re-runs the whole pipeline (`build`
 with force): the `feedback` task exports the labelled feedback from the prediction
@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .artifacts import read_json, write_json
+from nbship.common.artifacts import read_json, write_json
 
 RUNS_DIR = ".nbship/retrain"
 NICE = 10  # below serving processes on the same machine
@@ -103,7 +103,7 @@ def start(project: Path, *, trigger: str = "manual", wait: bool = False) -> dict
     log = folder / f"{run_id}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbship.retrain", str(project), run_id, trigger],
+            [sys.executable, "-m", "nbship.operate.retrain", str(project), run_id, trigger],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -130,7 +130,7 @@ def _feedback_summary(project: Path, env: Mapping[str, Any]) -> dict[str, Any]:
 def run(project: Path, run_id: str, trigger: str) -> int:
     """The retrain process itself: the pipeline with every task re-run, its outcome
     written to the run's state file. Returns the exit status."""
-    from .pipeline import build, failure_cause, read_env
+    from nbship.pipeline.dag import build, failure_cause, read_env
 
     project = project.resolve()
     with contextlib.suppress(OSError):
@@ -179,9 +179,9 @@ def due(
 ) -> str | None:
     """Why a retrain should start now (None: it should not). `since` is when the last
     run started, or when watching began."""
-    from .feedback import new_labels
-    from .pipeline import read_env
-    from .prediction_log import RETRAIN_REQUEST_KIND, count
+    from nbship.operate.feedback import new_labels
+    from nbship.pipeline.dag import read_env
+    from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count
 
     now = now or datetime.now(UTC)
     if count(log_url, kind=RETRAIN_REQUEST_KIND, since=since):

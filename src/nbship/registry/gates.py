@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nbship.training import METRICS
+from nbship.pipeline.training import METRICS
 
 # Differing rows listed in the differential gate's evidence (all are counted).
 MAX_LISTED_ROWS = 50

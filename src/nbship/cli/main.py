@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import PROJECT_OPTION
+from nbship.cli.options import PROJECT_OPTION
 
 
 def output_option(default_help: str):  # a click decorator
@@ -28,8 +28,8 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Re-run every task, even up-to-date ones.")
 def build(project: Path, force: bool) -> None:
     """Run the pipeline: only tasks whose source, params or upstream changed."""
-    from .pipeline import build as run_build
-    from .pipeline import failure_cause
+    from nbship.pipeline.dag import build as run_build
+    from nbship.pipeline.dag import failure_cause
 
     try:
         result = run_build(project, force=force)
@@ -48,7 +48,7 @@ def build(project: Path, force: bool) -> None:
 @PROJECT_OPTION
 def status(project: Path) -> None:
     """Which tasks the next build would run."""
-    from .pipeline import status as dag_status
+    from nbship.pipeline.dag import status as dag_status
 
     for row in dag_status(project):
         click.echo(f"{row['task']:<20} {'outdated' if row['outdated'] else 'up to date'}")
@@ -59,7 +59,7 @@ def status(project: Path) -> None:
 @output_option("<root>/pipeline.svg")
 def plot(project: Path, output: Path | None) -> None:
     """Draw the pipeline as an SVG (offline; replaces `ploomber plot`)."""
-    from .pipeline import plot as dag_plot
+    from nbship.pipeline.dag import plot as dag_plot
 
     click.echo(str(dag_plot(project, output)))
 
@@ -102,11 +102,11 @@ def dashboard(
     """Live dashboard of the served model: versions, traffic, latency, errors, drift."""
     from datetime import timedelta
 
-    from .alerts import ConfigError, parse_config
-    from .dashboard import LOCAL_HOSTS, create_app, serve_dashboard
-    from .log_cli import log_url
-    from .pipeline import read_env
-    from .registry import registry_url
+    from nbship.cli.log import log_url
+    from nbship.operate.alerts import ConfigError, parse_config
+    from nbship.operate.dashboard import LOCAL_HOSTS, create_app, serve_dashboard
+    from nbship.pipeline.dag import read_env
+    from nbship.registry.versions import registry_url
 
     root = project.resolve()
     env = read_env(root)
@@ -126,8 +126,8 @@ def dashboard(
 
 
 def _published_bento(project: Path) -> Path:
-    from .package import published_link
-    from .pipeline import read_env
+    from nbship.packaging.bento import published_link
+    from nbship.pipeline.dag import read_env
 
     bento = published_link(project, read_env(project.resolve()))
     if not (bento / "bento.yaml").exists():
@@ -136,8 +136,8 @@ def _published_bento(project: Path) -> Path:
 
 
 def _container_settings(project: Path):  # -> ContainerSettings, imported lazily
-    from .container import ContainerSettings
-    from .pipeline import read_env
+    from nbship.deploy.container import ContainerSettings
+    from nbship.pipeline.dag import read_env
 
     return ContainerSettings.from_env(
         project.resolve(), read_env(project.resolve()).get("container")
@@ -156,7 +156,7 @@ def container_build(project: Path) -> None:
     Installs podman, runc and debootstrap (Debian packages) first when they are missing."""
     import subprocess
 
-    from .container import ContainerError, build_image, check_tools
+    from nbship.deploy.container import ContainerError, build_image, check_tools
 
     try:
         check_tools()
@@ -175,7 +175,7 @@ def container_build(project: Path) -> None:
 @click.option("--port", default=3000, show_default=True, help="Port on 127.0.0.1.")
 def container_run(project: Path, port: int) -> None:
     """Run the published bento's image detached on 127.0.0.1; prints the container id."""
-    from .container import ContainerError, image_name, run_container
+    from nbship.deploy.container import ContainerError, image_name, run_container
 
     image, _ = image_name(_published_bento(project))
     try:
@@ -190,7 +190,7 @@ def container_run(project: Path, port: int) -> None:
 @click.option("--timeout", default=30, show_default=True, help="Seconds for in-flight requests.")
 def container_stop(project: Path, container_id: str, timeout: int) -> None:
     """Stop a container (SIGTERM, then up to --timeout seconds) and remove it."""
-    from .container import ContainerError, stop_container
+    from nbship.deploy.container import ContainerError, stop_container
 
     try:
         stop_container(container_id, _container_settings(project), timeout=timeout)
@@ -204,9 +204,9 @@ def container_stop(project: Path, container_id: str, timeout: int) -> None:
 def k8s(project: Path, output: Path | None) -> None:
     """Kubernetes manifests (Deployment, Service, HPA) for the published bento's image,
     validated against the Kubernetes schemas."""
-    from .container import image_name
-    from .k8s import DeploymentSettings, write
-    from .pipeline import read_env
+    from nbship.deploy.container import image_name
+    from nbship.deploy.k8s import DeploymentSettings, write
+    from nbship.pipeline.dag import read_env
 
     env = read_env(project.resolve())
     bento = _published_bento(project)
@@ -226,9 +226,9 @@ def k8s(project: Path, output: Path | None) -> None:
 
 
 def _register_groups() -> None:
-    from .log_cli import log, monitor
-    from .models_cli import models
-    from .retrain_cli import retrain
+    from nbship.cli.log import log, monitor
+    from nbship.cli.models import models
+    from nbship.cli.retrain import retrain
 
     main.add_command(models)
     main.add_command(retrain)

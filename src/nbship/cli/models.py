@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
-from .cli_options import PROJECT_OPTION
+from nbship.cli.options import PROJECT_OPTION
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from nbship.registry.versions import Registry
 
 REASON_OPTION = click.option(
     "--reason", "-r", required=True, help="Why: recorded in the promotion history."
@@ -29,7 +29,7 @@ REASON_OPTION = click.option(
 
 
 def project_env(project: Path) -> dict[str, Any]:
-    from .pipeline import read_env
+    from nbship.pipeline.dag import read_env
 
     try:
         loaded = read_env(project)
@@ -46,8 +46,8 @@ def project_registry(project: Path) -> Iterator[Registry]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .model_store import MissingArtifactError, TamperedArtifactError
-    from .registry import Registry, RegistryError, UnknownModelError, registry_url
+    from nbship.registry.model_store import MissingArtifactError, TamperedArtifactError
+    from nbship.registry.versions import Registry, RegistryError, UnknownModelError, registry_url
 
     url = ""
     try:
@@ -132,7 +132,7 @@ def list_versions(project: Path, name: str | None) -> None:
 @click.argument("tag")
 def show(project: Path, tag: str) -> None:
     """Everything recorded for one model version."""
-    from .registry import flatten
+    from nbship.registry.versions import flatten
 
     with project_registry(project) as registry:
         v = registry.get(tag)
@@ -207,8 +207,8 @@ def _split_data(project: Path, env: dict[str, Any], part: str) -> Any:
 
 
 def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
-    from .package import publish, published_link
-    from .promotion import PromotionRefused, promote_by_hand
+    from nbship.packaging.bento import publish, published_link
+    from nbship.registry.promotion import PromotionRefused, promote_by_hand
 
     version = registry.get(tag)  # an unknown tag is the first thing to say
     env = project_env(project)
@@ -232,7 +232,7 @@ def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, 
 def card(project: Path, tag: str) -> None:
     """Write TAG's HTML model card again, compared with the current champion, on the
     last build's train/test split; prints its path."""
-    from .promotion import write_version_card
+    from nbship.registry.promotion import write_version_card
 
     env = project_env(project)
     train, test = _split_data(project, env, "train"), _split_data(project, env, "test")
@@ -253,7 +253,7 @@ def card(project: Path, tag: str) -> None:
 @REASON_OPTION
 def rollback(project: Path, name: str, reason: str) -> None:
     """Give NAME's champion back to the one before the current promotion."""
-    from .package import publish, published_link
+    from nbship.packaging.bento import publish, published_link
 
     with project_registry(project) as registry:
         event = registry.rollback(name, actor=getpass.getuser(), reason=reason)

@@ -26,11 +26,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
-from . import html_page as page
-from .artifacts import atomic_path
-from .data import fingerprint
-from .registry import ModelVersion, split_tag
-from .training import METRICS
+from nbship.common import html_page as page
+from nbship.common.artifacts import atomic_path
+from nbship.pipeline.data import fingerprint
+from nbship.pipeline.training import METRICS
+from nbship.registry.versions import ModelVersion, split_tag
 
 # (anchor, heading) of the card's sections, in page order; the predictions section is
 # titled "Residuals" instead for a regressor.

@@ -16,8 +16,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from .drift import feature_drift
-from .prediction_log import LogEntry
+from nbship.drift import feature_drift
+from nbship.prediction_log.store import LogEntry
 
 # drift is recomputed over the last WINDOW records, after EVERY new records and at most
 # once per MIN_SECONDS: a recomputation costs a few ms of the request loop

@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .sqlite import sqlite_engine, writer
+from nbship.common.sqlite import sqlite_engine, writer
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

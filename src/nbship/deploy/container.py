@@ -278,7 +278,7 @@ def build_image(bento_dir: str | Path, settings: ContainerSettings) -> ImageBuil
         "org.opencontainers.image.version": image.rsplit(":", 1)[-1],
         "org.opencontainers.image.revision": meta.get("git_commit", "unknown"),
         "ai.nbship.model-tag": config["model_tag"],
-        "ai.nbship.data-fingerprint": meta["data_fingerprint"],
+        "ai.nbship.pipeline.data-fingerprint": meta["data_fingerprint"],
         **settings.labels,
     }
     with tempfile.TemporaryDirectory(prefix="nbship-image-") as tmp:

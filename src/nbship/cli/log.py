@@ -13,14 +13,14 @@ from typing import Any
 
 import click
 
-from .cli_options import PROJECT_OPTION
+from nbship.cli.options import PROJECT_OPTION
 
 TIME = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
 
 
 def log_url(project: Path) -> str:
-    from .package import project_log_url
-    from .pipeline import read_env
+    from nbship.packaging.bento import project_log_url
+    from nbship.pipeline.dag import read_env
 
     try:
         env = read_env(project)
@@ -65,8 +65,8 @@ def log() -> None:
 @click.option("--last", "-n", default=20, show_default=True, help="How many, newest first.")
 def show(project: Path, since, until, model, status, last: int) -> None:
     """The latest logged requests as a table."""
-    from .models_cli import table
-    from .prediction_log import read_log
+    from nbship.cli.models import table
+    from nbship.prediction_log.store import read_log
 
     frame = read_log(log_url(project), **_filters(since, until, model, status))
     if frame.empty:
@@ -92,7 +92,7 @@ def show(project: Path, since, until, model, status, last: int) -> None:
 )  # fmt: skip
 def export(project: Path, since, until, model, status, output: Path) -> None:
     """Write the logged requests to CSV or Parquet."""
-    from .prediction_log import export_log
+    from nbship.prediction_log.store import export_log
 
     try:
         n = export_log(log_url(project), output, **_filters(since, until, model, status))
@@ -107,7 +107,7 @@ def export(project: Path, since, until, model, status, output: Path) -> None:
               help="Delete requests logged more than this many days ago.")  # fmt: skip
 def purge(project: Path, older_than_days: float) -> None:
     """Delete old requests (the server also applies `retention_days` hourly)."""
-    from .prediction_log import purge as purge_log
+    from nbship.prediction_log.store import purge as purge_log
 
     n = purge_log(log_url(project), timedelta(days=older_than_days))
     click.echo(f"{n} request(s) deleted")
@@ -124,9 +124,9 @@ def purge(project: Path, older_than_days: float) -> None:
 def monitor(project: Path, hours: float, model: str | None, output: Path | None) -> None:
     """Drift, data quality, prediction mix, latency and errors of the logged traffic:
     an HTML report, and the alert rules of env.yaml's `monitoring` checked and sent."""
-    from .alerts import ConfigError, parse_config
-    from .models_cli import project_env, project_registry
-    from .monitor import run_monitor
+    from nbship.cli.models import project_env, project_registry
+    from nbship.operate.alerts import ConfigError, parse_config
+    from nbship.operate.monitor import run_monitor
 
     env = project_env(project)
     try:

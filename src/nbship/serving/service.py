@@ -39,12 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import model_store
-from .batching import MicroBatcher
-from .compiled import CompiledModel, UnsupportedModel, compile_model
-from .contract import Contract, load_suite, record_model
-from .live_metrics import LiveMetrics
-from .prediction_log import (
+from nbship.pipeline.contract import Contract, load_suite, record_model
+from nbship.prediction_log.store import (
     FEEDBACK_KIND,
     LOG_URL_ENV,
     RETRAIN_REQUEST_KIND,
@@ -52,8 +48,12 @@ from .prediction_log import (
     PredictionLog,
     new_request_id,
 )
-from .registry import CHAMPION, URL_ENV, ModelVersion, Registry
-from .request_log import RequestLogMiddleware
+from nbship.registry import model_store
+from nbship.registry.versions import CHAMPION, URL_ENV, ModelVersion, Registry
+from nbship.serving.batching import MicroBatcher
+from nbship.serving.compiled import CompiledModel, UnsupportedModel, compile_model
+from nbship.serving.live_metrics import LiveMetrics
+from nbship.serving.request_log import RequestLogMiddleware
 
 CONFIG_FILE = "serving.json"
 LOG_SPOOL_ENV = "NBSHIP_LOG_SPOOL"
@@ -64,8 +64,8 @@ logger = logging.getLogger("bentoml.nbship")
 
 
 def bento_root() -> Path:
-    """The bento's `src/` folder: this file lives in `src/nbship/`."""
-    return Path(__file__).resolve().parent.parent
+    """The bento's `src/` folder: this file lives in `src/nbship/serving/`."""
+    return Path(__file__).resolve().parents[2]
 
 
 def load_config(root: Path) -> dict[str, Any]:

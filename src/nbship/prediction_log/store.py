@@ -90,7 +90,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from .sqlite import database_file, sqlite_engine, writer
+from nbship.common.sqlite import database_file, sqlite_engine, writer
 
 if TYPE_CHECKING:
     import pandas as pd

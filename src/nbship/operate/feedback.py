@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from .data import fingerprint
-from .prediction_log import FEEDBACK_KIND, read_log
-from .training import Features
+from nbship.pipeline.data import fingerprint
+from nbship.pipeline.training import Features
+from nbship.prediction_log.store import FEEDBACK_KIND, read_log
 
 ID_CHUNK = 500  # request ids per query (SQLite allows a few thousand bound values)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import PROJECT_OPTION
+from nbship.cli.options import PROJECT_OPTION
 
 
 @click.group(invoke_without_command=True)
@@ -23,7 +23,7 @@ def retrain(ctx: click.Context, project: Path, wait: bool) -> None:
     servers switch to it by themselves."""
     if ctx.invoked_subcommand is not None:
         return
-    from .retrain import start
+    from nbship.operate.retrain import start
 
     state = start(project, wait=wait)
     if not wait:
@@ -55,7 +55,7 @@ def _describe(state: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="The runs' state files as JSON.")
 def status(project: Path, last: int, as_json: bool) -> None:
     """The latest retrain runs, newest first."""
-    from .retrain import runs
+    from nbship.operate.retrain import runs
 
     found = runs(project)[:last]
     if as_json:
@@ -71,10 +71,10 @@ def status(project: Path, last: int, as_json: bool) -> None:
 def watch(project: Path) -> None:
     """Run the triggers of env.yaml `retrain:` until stopped: a retrain every
     `every_labels` new labels, every `every_hours`, and on each POST /admin/retrain."""
-    from .log_cli import log_url
-    from .models_cli import project_env
-    from .retrain import RetrainSettings
-    from .retrain import watch as watch_triggers
+    from nbship.cli.log import log_url
+    from nbship.cli.models import project_env
+    from nbship.operate.retrain import RetrainSettings
+    from nbship.operate.retrain import watch as watch_triggers
 
     try:
         settings = RetrainSettings.from_mapping(project_env(project).get("retrain"))

@@ -28,8 +28,17 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from . import html_page as page
-from .alerts import (
+from nbship.common import html_page as page
+from nbship.common.artifacts import atomic_path
+from nbship.drift import (
+    DEFAULT_MIN_ROWS,
+    DEFAULT_PSI_THRESHOLD,
+    DEFAULT_PVALUE_THRESHOLD,
+    MISSING,
+    OTHER,
+    check_profile,
+)
+from nbship.operate.alerts import (
     Alert,
     AlertStore,
     Delivery,
@@ -40,16 +49,7 @@ from .alerts import (
     send,
     window_metrics,
 )
-from .artifacts import atomic_path
-from .drift import (
-    DEFAULT_MIN_ROWS,
-    DEFAULT_PSI_THRESHOLD,
-    DEFAULT_PVALUE_THRESHOLD,
-    MISSING,
-    OTHER,
-    check_profile,
-)
-from .prediction_log import read_log
+from nbship.prediction_log.store import read_log
 
 MAX_WINDOWS = 2000  # beyond this a report is unreadable and slow: use longer windows
 SECTIONS = (

@@ -60,19 +60,19 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from .drift import (
+from nbship.common.sqlite import sqlite_engine
+from nbship.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
     DEFAULT_PVALUE_THRESHOLD,
     check_profile,
     feature_drift,
 )
-from .sqlite import sqlite_engine
 
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger("nbship.alerts")
+logger = logging.getLogger("nbship.operate.alerts")
 
 DEFAULT_WINDOW_MINUTES = 60
 DEFAULT_TIMEOUT_S = 5.0
@@ -133,7 +133,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Sink:
-    """Where alerts go: `type` "log" (a WARNING on logger nbship.alerts) or "webhook"
+    """Where alerts go: `type` "log" (a WARNING on logger nbship.operate.alerts) or "webhook"
     (a JSON POST to `url`, waiting at most `timeout_s`)."""
 
     type: str
@@ -400,7 +400,7 @@ def live_frame(records: Sequence[Mapping[str, Any]], profile: Mapping[str, Any])
 def _suite_for(suite_path: str | Path, columns: Sequence[str], folder: Path) -> Path:
     """The suite cut to the expectations on `columns`: live inputs hold the features only
     (no target, no other columns), so table-level and other columns' expectations go."""
-    from .contract import load_suite
+    from nbship.pipeline.contract import load_suite
 
     suite = load_suite(suite_path)
     kept = [
@@ -417,7 +417,7 @@ def data_quality(
     """The suite's expectations on `columns` (default: the frame's) run on `frame` with
     Great Expectations (contract.validate_frame): {"success", "evaluated", "failures":
     [{"expectation", "column", "detail"}]}."""
-    from .contract import DataValidationError, validate_frame
+    from nbship.pipeline.contract import DataValidationError, validate_frame
 
     wanted = list(columns if columns is not None else frame.columns)
     with tempfile.TemporaryDirectory(prefix="nbship-dq-") as folder:

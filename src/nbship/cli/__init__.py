@@ -1,0 +1,1 @@
+"""The `nbship` command: one module per command group, no business logic."""

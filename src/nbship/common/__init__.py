@@ -1,0 +1,1 @@
+"""Helpers every stage shares: SQLite engines, atomic files, HTML page parts."""

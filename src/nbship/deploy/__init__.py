@@ -1,0 +1,1 @@
+"""The OCI image and Kubernetes manifests of a published bento."""

@@ -1,0 +1,1 @@
+"""Running a served model: monitor, alerts, dashboard, feedback and retraining."""

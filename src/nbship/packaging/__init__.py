@@ -1,0 +1,1 @@
+"""From the chosen model to a published bento."""

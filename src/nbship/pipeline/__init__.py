@@ -1,0 +1,1 @@
+"""The notebook DAG: the Ploomber seam, data, the data contract (GX), training metrics."""

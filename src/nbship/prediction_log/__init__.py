@@ -1,0 +1,1 @@
+"""Every served request and feedback item: written by serving, read by operate."""

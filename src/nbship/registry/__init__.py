@@ -1,0 +1,1 @@
+"""Model versions, the shared model store, promotion gates, model cards."""
