@@ -66,7 +66,7 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
     assert shipped == served_modules()
     # the stages serving needs, each whole; nothing of the CLI, the build or operating tools
     assert {p.parts[0] for p in shipped if len(p.parts) > 1} == {
-        "common", "pipeline", "registry", "prediction_log", "serving",
+        "common", "compat", "pipeline", "registry", "prediction_log", "serving",
     }  # fmt: skip
     for module in shipped:
         assert (src / "nbship" / module).read_bytes() == (SRC / module).read_bytes(), module

@@ -248,7 +248,7 @@ def test_stage_build_context_writes_only_what_serving_needs(staged: tuple[Path, 
     for module in ("__init__.py", "pipeline/contract.py", "serving/service.py"):
         assert (staging / "nbship" / module).read_bytes() == (SRC / module).read_bytes()
     shipped = {m.parts[0] for m in package.served_modules() if len(m.parts) > 1}
-    assert shipped == {"common", "pipeline", "registry", "prediction_log", "serving"}
+    assert shipped == {"common", "compat", "pipeline", "registry", "prediction_log", "serving"}
 
 
 def test_the_staged_package_is_all_the_service_imports(staged: tuple[Path, dict]):

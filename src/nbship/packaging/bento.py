@@ -32,7 +32,7 @@ from nbship.pipeline.training import Features
 
 # What of this package a bento ships: its top-level (core) modules and these stages,
 # each whole; a test imports the service from a staged folder to show nothing is missing.
-SERVED_SUBPACKAGES = ("common", "pipeline", "registry", "prediction_log", "serving")
+SERVED_SUBPACKAGES = ("common", "compat", "pipeline", "registry", "prediction_log", "serving")
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
 # Files whose content defines a run: hashed into the model's metadata.
