@@ -18,9 +18,9 @@ from pathlib import Path
 
 from nbship.common.artifacts import write_frame, write_json
 from nbship.operate import feedback
-from nbship.packaging.bento import project_log_url
 from nbship.pipeline import training
 from nbship.pipeline.contract import validate_frame
+from nbship.project import log_url as project_log_url
 
 cols = training.Features.from_params(features)
 url = project_log_url(Path.cwd(), log_url)  # the task runs in the project folder

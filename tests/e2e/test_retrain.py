@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbship.operate.retrain import RetrainSettings, due
+from nbship.config import RetrainSettings
+from nbship.operate.retrain import due
 from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count, url_for_sqlite
 from nbship.registry.versions import Registry
 from tests.conftest import NBSHIP, Project

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nbship.config import ConfigError
 from nbship.deploy import container
 from nbship.deploy.container import ContainerError, ContainerSettings
 
@@ -57,7 +58,7 @@ def test_from_env_absolute_state_dir(tmp_path: Path) -> None:
 
 
 def test_from_env_unknown_key_raises(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="registry"):
+    with pytest.raises(ConfigError, match=r"container\.registry: unknown setting"):
         ContainerSettings.from_env(tmp_path, {"registry": "quay.io"})
 
 

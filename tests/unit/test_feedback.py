@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from nbship.operate.feedback import labelled_feedback, new_labels
-from nbship.packaging.bento import project_log_url as log_url
 from nbship.pipeline import data
 from nbship.pipeline.training import Features
 from nbship.prediction_log.store import LogEntry, PredictionLog, url_for_sqlite
+from nbship.project import log_url
 
 pytestmark = pytest.mark.unit
 

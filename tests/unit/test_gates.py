@@ -213,10 +213,10 @@ def test_from_mapping_reads_env_yaml_and_rejects_unknown_keys():
         }
     )
     assert config.metric == "accuracy" and config.max_diff_share == 0.2
-    assert config.invariance == (
+    assert [check.model_dump() for check in config.invariance] == [
         {"column": "sex", "values": ["male", "female"], "max_changed_share": 0.1},
-    )
-    unknown = r"unknown gates setting\(s\) \['max_latency', 'tolerance'\]"
+    ]
+    unknown = r"gates\.tolerance: unknown setting .*; gates\.max_latency: unknown setting"
     with pytest.raises(ValueError, match=unknown):
         GateConfig.from_mapping({"tolerance": 0.1, "max_latency": 2, "metric": "f1_macro"})
     with pytest.raises(ValueError, match="unknown gate metric"):

@@ -135,14 +135,3 @@ def test_a_missing_archive_is_a_clear_error(saved: str, tmp_path: Path, cache: P
     os.remove(artifact["uri"])
     with pytest.raises(MissingArtifactError, match="not found at"):
         model_store.load_verified(saved, artifact)
-
-
-def test_store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(model_store.URL_ENV, raising=False)
-    assert model_store.store_url(tmp_path, {}) == str(tmp_path / "model-store")
-    assert model_store.store_url(tmp_path, {"model_store": {"url": "shared"}}) == str(
-        tmp_path / "shared"
-    )
-    assert model_store.store_url(tmp_path, {"model_store": {"url": "s3://b/m"}}) == "s3://b/m"
-    monkeypatch.setenv(model_store.URL_ENV, "gs://bucket/models")
-    assert model_store.store_url(tmp_path, {"model_store": {"url": "x"}}) == "gs://bucket/models"

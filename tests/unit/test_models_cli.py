@@ -9,8 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from nbship.cli.models import models, table
+from nbship.cli.common import table
+from nbship.cli.models import models
 from nbship.registry.versions import Registry
+from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +22,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("NBSHIP_REGISTRY_URL", raising=False)
     folder = tmp_path / "project"
     folder.mkdir()
-    env = {"root": "build", "registry": {"url": "sqlite:///state/registry.db"}}
+    env = yaml.safe_load((PROJECT / "env.yaml").read_text())  # the worked example's
+    env["registry"] = {"url": "sqlite:///state/registry.db"}
     (folder / "env.yaml").write_text(yaml.safe_dump(env))
     with Registry(f"sqlite:///{folder / 'state' / 'registry.db'}") as reg:
         base = {
@@ -131,6 +134,7 @@ def test_registry_errors_are_clean(project: Path) -> None:
 
 def test_unreachable_database_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NBSHIP_REGISTRY_URL", "postgresql+psycopg://nbship@127.0.0.1:1/none")
+    (tmp_path / "env.yaml").write_text((PROJECT / "env.yaml").read_text())
     result = CliRunner().invoke(models, ["list", "--project", str(tmp_path)])
     assert result.exit_code == 1
     assert "Traceback" not in result.output

@@ -256,7 +256,7 @@ def test_the_staged_package_is_all_the_service_imports(staged: tuple[Path, dict]
     bento lacks would fail here, before any bento is built."""
     staging, _ = staged
     probe = (
-        "import sys, nbship.serving.service, json; "
+        "import sys, nbship.serving.bento_service, json; "
         "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
         "if n.startswith('nbship') and getattr(m, '__file__', None))))"
     )
@@ -279,7 +279,7 @@ def test_stage_build_context_writes_serving_json(staged: tuple[Path, dict]):
 def test_stage_build_context_bentofile(staged: tuple[Path, dict]):
     staging, _ = staged
     bentofile = yaml.safe_load((staging / "bentofile.yaml").read_text())
-    assert bentofile["service"] == "nbship.serving.service:ModelService"
+    assert bentofile["service"] == "nbship.serving.bento_service:ModelService"
     assert bentofile["name"] == "penguins_classifier"
     assert bentofile["models"] == ["penguins_classifier:abc123"]
     assert bentofile["python"] == {"requirements_txt": "requirements.txt", "lock_packages": False}

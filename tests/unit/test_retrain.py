@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from nbship.common.artifacts import write_json
-from nbship.operate.retrain import RetrainSettings, due, runs, runs_dir
+from nbship.config import RetrainSettings
+from nbship.operate.retrain import due, runs, runs_dir
 from nbship.pipeline.dag import BuildBusy, build_lock
 from nbship.prediction_log.store import (
     RETRAIN_REQUEST_KIND,
@@ -21,6 +23,7 @@ from nbship.prediction_log.store import (
     PredictionLog,
     url_for_sqlite,
 )
+from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +40,8 @@ def _entry(kind: str, minutes: float, n: int) -> LogEntry:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "env.yaml").write_text("root: build\n")
+    for name in ("env.yaml", "pipeline.yaml"):  # where the feedback summary goes
+        shutil.copy2(PROJECT / name, tmp_path / name)
     return tmp_path
 
 
@@ -48,15 +52,6 @@ def _log(project: Path, *entries: LogEntry) -> str:
             assert log.record(e)
         assert log.flush()
     return url
-
-
-def test_settings_are_checked():
-    assert RetrainSettings.from_mapping(None) == RetrainSettings()
-    assert RetrainSettings.from_mapping({"every_labels": 5}).every_labels == 5
-    with pytest.raises(ValueError, match="unknown setting"):
-        RetrainSettings.from_mapping({"every_label": 5})
-    with pytest.raises(ValueError, match="every_hours must be a positive number"):
-        RetrainSettings.from_mapping({"every_hours": -1})
 
 
 def test_labels_since_the_last_export_trigger_a_retrain(project: Path):

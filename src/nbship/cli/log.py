@@ -13,20 +13,13 @@ from typing import Any
 
 import click
 
-from nbship.cli.options import PROJECT_OPTION
+from nbship.cli.common import PROJECT_OPTION, load_project, project_registry, table
 
 TIME = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
 
 
 def log_url(project: Path) -> str:
-    from nbship.packaging.bento import project_log_url
-    from nbship.pipeline.dag import read_env
-
-    try:
-        env = read_env(project)
-    except FileNotFoundError:
-        env = {}
-    return project_log_url(project, ((env or {}).get("prediction_log") or {}).get("url"))
+    return load_project(project).log_url()
 
 
 def _filters(since: datetime | None, until: datetime | None, model: str | None,
@@ -65,7 +58,6 @@ def log() -> None:
 @click.option("--last", "-n", default=20, show_default=True, help="How many, newest first.")
 def show(project: Path, since, until, model, status, last: int) -> None:
     """The latest logged requests as a table."""
-    from nbship.cli.models import table
     from nbship.prediction_log.store import read_log
 
     frame = read_log(log_url(project), **_filters(since, until, model, status))
@@ -124,17 +116,13 @@ def purge(project: Path, older_than_days: float) -> None:
 def monitor(project: Path, hours: float, model: str | None, output: Path | None) -> None:
     """Drift, data quality, prediction mix, latency and errors of the logged traffic:
     an HTML report, and the alert rules of env.yaml's `monitoring` checked and sent."""
-    from nbship.cli.models import project_env, project_registry
-    from nbship.operate.alerts import ConfigError, parse_config
+    from nbship.operate.alerts import parse_config
     from nbship.operate.monitor import run_monitor
 
-    env = project_env(project)
-    try:
-        config = parse_config(env.get("monitoring"))
-    except ConfigError as exc:
-        raise click.ClickException(f"env.yaml: {exc}") from exc
-    with project_registry(project) as registry:
-        name = (env.get("bento") or {}).get("name", "")
+    loaded = load_project(project)  # the alert rules are checked there
+    config = parse_config(loaded.config.monitoring)
+    with project_registry(loaded) as registry:
+        name = loaded.config.bento.name
         version = registry.get(model) if model else registry.alias(name, "champion")
         if version is None:
             raise click.ClickException(f"no champion for {name!r}: run `nbship build` first")
@@ -142,12 +130,9 @@ def monitor(project: Path, hours: float, model: str | None, output: Path | None)
     if not profile:
         raise click.ClickException(f"{version.tag} has no training reference (drift profile)")
     until = datetime.now(UTC)
-    root = project.resolve() / str(env.get("root", "build"))
-    suite = env.get("suite")
     result = run_monitor(
-        log_url(project), profile, config, until - timedelta(hours=hours), until,
-        output or root / "monitor.html",
-        suite_path=project.resolve() / suite if suite else None,
+        loaded.log_url(), profile, config, until - timedelta(hours=hours), until,
+        output or loaded.root / "monitor.html", suite_path=loaded.path / loaded.config.suite,
     )  # fmt: skip
     requests = sum(w.get("requests") or 0 for w in result.windows)
     click.echo(f"{requests} request(s) in {len(result.windows)} window(s) against {version.tag}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from nbship.cli.options import PROJECT_OPTION
+from nbship.cli.common import PROJECT_OPTION, load_project, published_bento
 
 
 def output_option(default_help: str):  # a click decorator
@@ -28,11 +28,15 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Re-run every task, even up-to-date ones.")
 def build(project: Path, force: bool) -> None:
     """Run the pipeline: only tasks whose source, params or upstream changed."""
-    from nbship.pipeline.dag import build as run_build
+    from nbship.config import ConfigError
+    from nbship.pipeline.checks import build_project
     from nbship.pipeline.dag import failure_cause
 
+    load_project(project)  # env.yaml (alert rules included) is checked before any task
     try:
-        result = run_build(project, force=force)
+        result = build_project(project, force=force)
+    except ConfigError as exc:  # a setting that does not fit the data or the files
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # the failing task's own error, without Ploomber's stack
         cause = failure_cause(str(exc))
         click.echo(f"build failed: {cause or exc}", err=True)
@@ -70,7 +74,7 @@ def plot(project: Path, output: Path | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 def serve(project: Path, port: int, host: str) -> None:
     """Serve the published bento with `bentoml serve` (replaces this process)."""
-    bento = _published_bento(project)
+    bento = published_bento(load_project(project))
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(bentoml, [str(bentoml), "serve", str(bento), "--host", host, "--port", str(port)])
 
@@ -102,21 +106,14 @@ def dashboard(
     """Live dashboard of the served model: versions, traffic, latency, errors, drift."""
     from datetime import timedelta
 
-    from nbship.cli.log import log_url
-    from nbship.operate.alerts import ConfigError, parse_config
+    from nbship.operate.alerts import parse_config
     from nbship.operate.dashboard import LOCAL_HOSTS, create_app, serve_dashboard
-    from nbship.pipeline.dag import read_env
-    from nbship.registry.versions import registry_url
 
-    root = project.resolve()
-    env = read_env(root)
-    try:
-        monitoring = parse_config(env.get("monitoring"))
-    except ConfigError as exc:
-        raise click.ClickException(f"env.yaml: {exc}") from exc
+    loaded = load_project(project)
+    monitoring = parse_config(loaded.config.monitoring)
     app = create_app(
-        registry_url=registry_url(root, env), log_url=log_url(root),
-        model_name=env["bento"]["name"], profile=None,  # the champion's stored drift_profile
+        registry_url=loaded.registry_url(), log_url=loaded.log_url(),
+        model_name=loaded.config.bento.name, profile=None,  # the champion's stored profile
         window=timedelta(minutes=window_minutes), period=timedelta(hours=period_hours),
         min_rows=monitoring.min_rows, psi_threshold=monitoring.psi_threshold,
         pvalue_threshold=monitoring.pvalue_threshold,
@@ -125,23 +122,11 @@ def dashboard(
     serve_dashboard(app, host=host, port=port)
 
 
-def _published_bento(project: Path) -> Path:
-    from nbship.packaging.bento import published_link
-    from nbship.pipeline.dag import read_env
-
-    bento = published_link(project, read_env(project.resolve()))
-    if not (bento / "bento.yaml").exists():
-        raise click.ClickException(f"no bento at {bento}: run `nbship build` first")
-    return bento
-
-
 def _container_settings(project: Path):  # -> ContainerSettings, imported lazily
     from nbship.deploy.container import ContainerSettings
-    from nbship.pipeline.dag import read_env
 
-    return ContainerSettings.from_env(
-        project.resolve(), read_env(project.resolve()).get("container")
-    )
+    loaded = load_project(project)
+    return ContainerSettings.from_config(loaded.path, loaded.config.container)
 
 
 @main.group()
@@ -164,7 +149,7 @@ def container_build(project: Path) -> None:
         subprocess.run(["bash", str(project.resolve() / "scripts/install-container-tools.sh")],
                        check=True)  # fmt: skip
     try:
-        result = build_image(_published_bento(project), _container_settings(project))
+        result = build_image(published_bento(load_project(project)), _container_settings(project))
     except ContainerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(result.image)
@@ -177,7 +162,7 @@ def container_run(project: Path, port: int) -> None:
     """Run the published bento's image detached on 127.0.0.1; prints the container id."""
     from nbship.deploy.container import ContainerError, image_name, run_container
 
-    image, _ = image_name(_published_bento(project))
+    image, _ = image_name(published_bento(load_project(project)))
     try:
         click.echo(run_container(image, port, _container_settings(project)))
     except ContainerError as exc:
@@ -206,22 +191,14 @@ def k8s(project: Path, output: Path | None) -> None:
     validated against the Kubernetes schemas."""
     from nbship.deploy.container import image_name
     from nbship.deploy.k8s import DeploymentSettings, write
-    from nbship.pipeline.dag import read_env
 
-    env = read_env(project.resolve())
-    bento = _published_bento(project)
-    image, config = image_name(bento)
+    loaded = load_project(project)
+    image, config = image_name(published_bento(loaded))
     settings = DeploymentSettings(
         name=config["bento_name"], image=image, model_tag=config["model_tag"],
-        git_commit=config["metadata"].get("git_commit"), **(env.get("kubernetes") or {}),
+        git_commit=config["metadata"].get("git_commit"), **loaded.config.kubernetes.model_dump(),
     )  # fmt: skip
-    out = (
-        output
-        or project.resolve()
-        / str(env.get("root", "build"))
-        / "k8s"
-        / f"{config['bento_name']}.yaml"
-    )
+    out = output or loaded.root / "k8s" / f"{config['bento_name']}.yaml"
     click.echo(str(write(settings, out)))
 
 

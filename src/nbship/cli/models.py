@@ -9,69 +9,17 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-import yaml
 
-from nbship.cli.options import PROJECT_OPTION
-
-if TYPE_CHECKING:
-    from nbship.registry.versions import Registry
+from nbship.cli.common import PROJECT_OPTION, load_project, project_registry, table
 
 REASON_OPTION = click.option(
     "--reason", "-r", required=True, help="Why: recorded in the promotion history."
 )
-
-
-def project_env(project: Path) -> dict[str, Any]:
-    from nbship.pipeline.dag import read_env
-
-    try:
-        loaded = read_env(project)
-    except FileNotFoundError:
-        return {}
-    except yaml.YAMLError as exc:
-        raise click.ClickException(f"{project / 'env.yaml'}: not valid YAML ({exc})") from exc
-    return loaded if isinstance(loaded, dict) else {}
-
-
-@contextmanager
-def project_registry(project: Path) -> Iterator[Registry]:
-    """The project's registry; its errors become one-line messages, not tracebacks."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from nbship.registry.model_store import MissingArtifactError, TamperedArtifactError
-    from nbship.registry.versions import Registry, RegistryError, UnknownModelError, registry_url
-
-    url = ""
-    try:
-        url = registry_url(project, project_env(project))
-        with Registry(url) as registry:
-            yield registry
-    except (UnknownModelError, RegistryError, TamperedArtifactError, MissingArtifactError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except SQLAlchemyError as exc:
-        shown = make_url(url).render_as_string(hide_password=True) if url else "?"
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise click.ClickException(f"registry {shown}: {cause}") from exc
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Plain-text columns aligned on the widest cell; the last column is not padded."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
-        lines.append("  ".join([*padded, row[-1]]).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _when(at: datetime) -> str:
@@ -98,7 +46,7 @@ def models() -> None:
 @click.option("--name", "-n", default=None, help="Only versions of this model name.")
 def list_versions(project: Path, name: str | None) -> None:
     """Registered model versions, newest first."""
-    with project_registry(project) as registry:
+    with project_registry(load_project(project)) as registry:
         versions = registry.list(name)
         held: dict[str, list[str]] = {}
         for model in {v.name for v in versions}:
@@ -134,7 +82,7 @@ def show(project: Path, tag: str) -> None:
     """Everything recorded for one model version."""
     from nbship.registry.versions import flatten
 
-    with project_registry(project) as registry:
+    with project_registry(load_project(project)) as registry:
         v = registry.get(tag)
         held = sorted(a for a, t in registry.aliases(v.name).items() if t == v.tag)
     rows: list[list[Any]] = [
@@ -184,9 +132,18 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
     """Make TAG the champion (what serves), or the challenger. A champion must pass the
     promotion gates against the current one (recorded with the version) unless --force;
     its bento is then published to bentos/."""
-    with project_registry(project) as registry:
+    from nbship.packaging.release import MissingSplit, promote_champion
+    from nbship.registry.promotion import PromotionRefused
+
+    loaded = load_project(project)
+    with project_registry(loaded) as registry:
         if alias == "champion":
-            event = _promote_champion(project, registry, tag, reason, force)
+            try:
+                event = promote_champion(
+                    loaded, registry, tag, actor=getpass.getuser(), reason=reason, force=force
+                )
+            except (PromotionRefused, MissingSplit) as exc:
+                raise click.ClickException(str(exc)) from None
         else:
             event = registry.set_alias(
                 tag, alias, actor=getpass.getuser(), reason=reason, forced=force
@@ -196,53 +153,26 @@ def promote(project: Path, tag: str, reason: str, force: bool, alias: str) -> No
     click.echo(f"{event.tag} is now the {event.alias} of {event.name}{was}{forced}")
 
 
-def _split_data(project: Path, env: dict[str, Any], part: str) -> Any:
-    """A part (train, test, golden) of the last build's split, as a DataFrame."""
-    import pandas as pd
-
-    path = project.resolve() / str(env.get("root", "build")) / "data" / f"{part}.parquet"
-    if not path.exists():
-        raise click.ClickException(f"no {part} split at {path}: run `nbship build` first")
-    return pd.read_parquet(path)
-
-
-def _promote_champion(project: Path, registry: Registry, tag: str, reason: str, force: bool):
-    from nbship.packaging.bento import publish, published_link
-    from nbship.registry.promotion import PromotionRefused, promote_by_hand
-
-    version = registry.get(tag)  # an unknown tag is the first thing to say
-    env = project_env(project)
-    golden = _split_data(project, env, "golden")
-    gates = {**(env.get("gates") or {}), "metric": env.get("selection_metric", "f1_macro")}
-    try:
-        event, _ = promote_by_hand(
-            registry, tag, golden=golden, gate_config=gates, test=_split_data(project, env, "test"),
-            actor=getpass.getuser(), reason=reason, force=force,
-        )  # fmt: skip
-    except PromotionRefused as exc:
-        raise click.ClickException(str(exc)) from None
-    if version.bento_tag:
-        publish(version.bento_tag, published_link(project, env))
-    return event
-
-
 @models.command()
 @PROJECT_OPTION
 @click.argument("tag")
 def card(project: Path, tag: str) -> None:
     """Write TAG's HTML model card again, compared with the current champion, on the
     last build's train/test split; prints its path."""
+    from nbship.packaging.release import MissingSplit, split_part
     from nbship.registry.promotion import write_version_card
 
-    env = project_env(project)
-    train, test = _split_data(project, env, "train"), _split_data(project, env, "test")
-    with project_registry(project) as registry:
+    loaded = load_project(project)
+    try:
+        train, test = split_part(loaded, "train"), split_part(loaded, "test")
+    except MissingSplit as exc:
+        raise click.ClickException(str(exc)) from None
+    with project_registry(loaded) as registry:
         version = registry.get(tag)
         champion = registry.alias(version.name, "champion")
         path = write_version_card(
-            registry, tag, train=train, test=test, target=env.get("target", "species"),
-            cards_dir=project.resolve() / str(env.get("root", "build")) / "cards",
-            compare_with=champion.tag if champion else None,
+            registry, tag, train=train, test=test, target=loaded.config.target,
+            cards_dir=loaded.cards_dir, compare_with=champion.tag if champion else None,
         )  # fmt: skip
     click.echo(str(path))
 
@@ -253,14 +183,11 @@ def card(project: Path, tag: str) -> None:
 @REASON_OPTION
 def rollback(project: Path, name: str, reason: str) -> None:
     """Give NAME's champion back to the one before the current promotion."""
-    from nbship.packaging.bento import publish, published_link
+    from nbship.packaging.release import rollback_champion
 
-    with project_registry(project) as registry:
-        event = registry.rollback(name, actor=getpass.getuser(), reason=reason)
-        bento_tag = registry.get(event.tag).bento_tag
-    env = project_env(project)
-    if bento_tag and (env.get("bento") or {}).get("name") == name:
-        publish(bento_tag, published_link(project, env))
+    loaded = load_project(project)
+    with project_registry(loaded) as registry:
+        event = rollback_champion(loaded, registry, name, actor=getpass.getuser(), reason=reason)
     click.echo(f"rolled back {name}: champion is {event.tag} again (was {event.previous_tag})")
 
 
@@ -270,7 +197,7 @@ def rollback(project: Path, name: str, reason: str) -> None:
 @click.argument("b")
 def diff(project: Path, a: str, b: str) -> None:
     """What differs between versions A and B: params, metrics, versions, data, definition."""
-    with project_registry(project) as registry:
+    with project_registry(load_project(project)) as registry:
         changes = registry.diff(a, b)
     if not changes:
         click.echo(f"{a} and {b} have the same params, metrics, versions, data and definition.")
@@ -284,7 +211,7 @@ def diff(project: Path, a: str, b: str) -> None:
 @click.argument("name")
 def history(project: Path, name: str) -> None:
     """Every alias change of model NAME, newest first."""
-    with project_registry(project) as registry:
+    with project_registry(load_project(project)) as registry:
         events = registry.history(name)
     if not events:
         click.echo(f"No promotions recorded for {name}.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from nbship.cli.options import PROJECT_OPTION
+from nbship.cli.common import PROJECT_OPTION, load_project
 
 
 @click.group(invoke_without_command=True)
@@ -25,6 +25,7 @@ def retrain(ctx: click.Context, project: Path, wait: bool) -> None:
         return
     from nbship.operate.retrain import start
 
+    load_project(project)  # a wrong env.yaml fails here, not in the background run
     state = start(project, wait=wait)
     if not wait:
         click.echo(f"retrain {state['run_id']} started (pid {state['pid']}); log: {state['log']}")
@@ -71,17 +72,12 @@ def status(project: Path, last: int, as_json: bool) -> None:
 def watch(project: Path) -> None:
     """Run the triggers of env.yaml `retrain:` until stopped: a retrain every
     `every_labels` new labels, every `every_hours`, and on each POST /admin/retrain."""
-    from nbship.cli.log import log_url
-    from nbship.cli.models import project_env
-    from nbship.operate.retrain import RetrainSettings
     from nbship.operate.retrain import watch as watch_triggers
 
-    try:
-        settings = RetrainSettings.from_mapping(project_env(project).get("retrain"))
-    except (TypeError, ValueError) as exc:
-        raise click.ClickException(f"env.yaml: {exc}") from exc
+    loaded = load_project(project)
+    settings = loaded.config.retrain
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"watching {project.resolve()}: {settings}")
-    watch_triggers(project, settings, log_url(project), stop=stop, echo=click.echo)
+    watch_triggers(project, settings, loaded.log_url(), stop=stop, echo=click.echo)

@@ -20,12 +20,17 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from nbship.config import ContainerSection, validate_section
 
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-DEFAULT_BASE = "localhost/nbship-base:bookworm-py311"
+# the defaults are env.yaml's schema's (nbship.config), defined there once
+_DEFAULTS = ContainerSection()
+DEFAULT_BASE = _DEFAULTS.base_image
 HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 CONTAINER_PORT = 3000
 APP_UID = 10001
@@ -42,19 +47,24 @@ class ContainerSettings:
 
     state_dir: Path
     base_image: str = DEFAULT_BASE
-    suite: str = "bookworm"
-    mirror: str | None = None  # default: the host's Debian mirror
+    suite: str = _DEFAULTS.suite
+    mirror: str | None = _DEFAULTS.mirror  # default: the host's Debian mirror
     # "host" trusts the host's locally added CAs (/usr/local/share/ca-certificates),
     # which is where an intercepting proxy's or a corporate CA usually sits; or a list
     # of PEM files; or [] for none.
-    extra_ca_certs: str | Sequence[str] = "host"
+    extra_ca_certs: str | Sequence[str] = _DEFAULTS.extra_ca_certs
     labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, project_dir: Path, section: dict | None) -> ContainerSettings:
-        section = dict(section or {})
-        state = project_dir / section.pop("state_dir", ".containers")
-        return cls(state_dir=state, **section)
+    def from_config(cls, project_dir: Path, section: ContainerSection) -> ContainerSettings:
+        values = section.model_dump()
+        return cls(state_dir=project_dir / values.pop("state_dir"), **values)
+
+    @classmethod
+    def from_env(cls, project_dir: Path, section: Mapping[str, Any] | None) -> ContainerSettings:
+        """From env.yaml's raw `container:` section; ConfigError names a wrong key."""
+        checked = validate_section(ContainerSection, dict(section or {}), "container")
+        return cls.from_config(project_dir, checked)
 
     def ca_files(self) -> list[Path]:
         if self.extra_ca_certs == "host":

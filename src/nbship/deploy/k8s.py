@@ -16,6 +16,10 @@ from pathlib import Path
 import yaml
 from kubernetes_validate import utils as kv
 
+from nbship.config import KubernetesSettings
+
+_DEFAULTS = KubernetesSettings()
+
 # The newest schemas kubernetes-validate 1.37 ships are for 1.37; 1.31 is the oldest
 # Kubernetes minor still widely supported by managed offerings, so manifests that
 # validate against it apply to any current cluster.
@@ -37,16 +41,17 @@ class DeploymentSettings:
     image: str  # e.g. localhost/penguins_classifier:<bento version> pushed to a registry
     model_tag: str  # "<model>:<version>", shown in a label (shortened) and an annotation
     git_commit: str | None = None
-    replicas: int = 2
-    port: int = 3000  # the port `bentoml serve` listens on inside the container
-    cpu_request: str = "500m"
-    cpu_limit: str = "1"
-    memory_request: str = "512Mi"
-    memory_limit: str = "1Gi"
-    min_replicas: int = 2
-    max_replicas: int = 10
-    target_cpu_utilization: int = 70  # percent of the CPU request, averaged over pods
-    image_pull_policy: str = "IfNotPresent"
+    # the rest is env.yaml's `kubernetes:`, its defaults defined once in nbship.config
+    replicas: int = _DEFAULTS.replicas
+    port: int = _DEFAULTS.port  # the port `bentoml serve` listens on inside the container
+    cpu_request: str = _DEFAULTS.cpu_request
+    cpu_limit: str = _DEFAULTS.cpu_limit
+    memory_request: str = _DEFAULTS.memory_request
+    memory_limit: str = _DEFAULTS.memory_limit
+    min_replicas: int = _DEFAULTS.min_replicas
+    max_replicas: int = _DEFAULTS.max_replicas
+    target_cpu_utilization: int = _DEFAULTS.target_cpu_utilization  # % of the CPU request
+    image_pull_policy: str = _DEFAULTS.image_pull_policy
 
     def __post_init__(self) -> None:
         # Catch nonsense here with a clear message rather than as a schema path later.

@@ -61,6 +61,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from nbship.common.sqlite import sqlite_engine
+from nbship.config import ConfigError
 from nbship.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
@@ -111,10 +112,6 @@ SINK_TYPES = ("log", "webhook")
 
 
 # configuration ------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """The monitoring configuration is wrong; the message names the key."""
 
 
 @dataclass(frozen=True)

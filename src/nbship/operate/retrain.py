@@ -27,38 +27,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from nbship.common.artifacts import read_json, write_json
+from nbship.config import RetrainSettings
+from nbship.project import STATE_DIR, Project
 
-RUNS_DIR = ".nbship/retrain"
+RUNS_DIR = f"{STATE_DIR}/retrain"
 NICE = 10  # below serving processes on the same machine
-
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    """env.yaml `retrain:`. None turns a trigger off."""
-
-    every_labels: int | None = None
-    every_hours: float | None = None
-    poll_seconds: float = 30.0
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> RetrainSettings:
-        values = dict(values or {})
-        unknown = set(values) - {"every_labels", "every_hours", "poll_seconds"}
-        if unknown:
-            raise ValueError(f"retrain: unknown setting(s) {sorted(unknown)}")
-        settings = cls(**values)
-        for name in ("every_labels", "every_hours", "poll_seconds"):
-            value = getattr(settings, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"retrain.{name} must be a positive number, got {value!r}")
-        return settings
 
 
 def runs_dir(project: Path) -> Path:
@@ -122,15 +101,17 @@ def start(project: Path, *, trigger: str = "manual", wait: bool = False) -> dict
     return {"run_id": run_id, "pid": proc.pid, "state": "starting", "log": str(log)}
 
 
-def _feedback_summary(project: Path, env: Mapping[str, Any]) -> dict[str, Any]:
-    path = project / str(env.get("root", "build")) / "data" / "feedback.json"
+def _feedback_summary(project: Project) -> dict[str, Any]:
+    """What the last export of feedback took in (the feedback task's summary)."""
+    path = project.product("feedback", "summary")
     return read_json(path) if path.exists() else {}
 
 
 def run(project: Path, run_id: str, trigger: str) -> int:
     """The retrain process itself: the pipeline with every task re-run, its outcome
     written to the run's state file. Returns the exit status."""
-    from nbship.pipeline.dag import build, failure_cause, read_env
+    from nbship.pipeline.checks import build_project
+    from nbship.pipeline.dag import failure_cause
 
     project = project.resolve()
     with contextlib.suppress(OSError):
@@ -145,22 +126,22 @@ def run(project: Path, run_id: str, trigger: str) -> int:
         "log": str(path.with_suffix(".log")),
     }
     write_json(state, path)
-    env = read_env(project)
     try:
-        build(project, force=True)
+        build_project(project, force=True)
+        loaded = Project.load(project)
     except Exception as exc:
         cause = failure_cause(str(exc)) or f"{type(exc).__name__}: {exc}"
         state.update(state="failed", error=cause)
         print(f"retrain failed: {cause}\nWhat serves is unchanged.", file=sys.stderr)
     else:
-        package = read_json(project / str(env.get("root", "build")) / "package.json")
+        package = read_json(loaded.product("package", "summary"))
         state.update(
             state="succeeded",
             model_tag=package["model_tag"],
             promoted=package["promoted"],
             previous_champion=package["previous_champion"],
             gates=package["gates"],
-            feedback=_feedback_summary(project, env),
+            feedback=_feedback_summary(loaded),
         )
         verdict = "promoted to champion" if package["promoted"] else "not promoted (gates)"
         print(f"retrain {run_id}: {package['model_tag']} {verdict}")
@@ -180,14 +161,13 @@ def due(
     """Why a retrain should start now (None: it should not). `since` is when the last
     run started, or when watching began."""
     from nbship.operate.feedback import new_labels
-    from nbship.pipeline.dag import read_env
     from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count
 
     now = now or datetime.now(UTC)
     if count(log_url, kind=RETRAIN_REQUEST_KIND, since=since):
         return "admin request"
     if settings.every_labels:
-        exported = _feedback_summary(project.resolve(), read_env(project.resolve()))
+        exported = _feedback_summary(Project.load(project))
         until = exported.get("until")
         after = datetime.fromisoformat(until) + timedelta(microseconds=1) if until else None
         fresh = new_labels(log_url, after)

@@ -28,7 +28,10 @@ from typing import Any
 import yaml
 
 from nbship.common.artifacts import read_model
+from nbship.config import PredictionLogSettings, validate_section
 from nbship.pipeline.training import Features
+from nbship.project import log_settings, model_store_url
+from nbship.project import registry_url as project_registry_url
 
 # What of this package a bento ships: its top-level (core) modules and these stages,
 # each whole; a test imports the service from a staged folder to show nothing is missing.
@@ -167,7 +170,7 @@ def stage_build_context(
     (staging / "serving.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (staging / "requirements.txt").write_text(requirements)
     bentofile = {
-        "service": "nbship.serving.service:ModelService",
+        "service": "nbship.serving.bento_service:ModelService",
         "name": config["bento_name"],
         "labels": dict(labels),
         "include": ["nbship/**/*.py", "expectations/*.json", "serving.json"],
@@ -192,37 +195,6 @@ def build_bento(staging: Path) -> str:
     # --output tag prints `__tag__:name:version` as its last line
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     return tag
-
-
-def log_settings(project_dir: Path, settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """env.yaml's `prediction_log` with its SQLite file and spool made absolute, as the
-    bento's server reads them (NBSHIP_LOG_URL / NBSHIP_LOG_SPOOL override at serve time)."""
-    from sqlalchemy.engine import make_url
-
-    settings = dict(settings or {})
-    url = make_url(str(settings.get("url") or "sqlite:///prediction_log.db"))
-    database = url.database or ""
-    if url.get_backend_name() == "sqlite" and database and not Path(database).is_absolute():
-        url = url.set(database=str(project_dir.resolve() / database))
-    spool = Path(str(settings.get("spool") or ".nbship/spool"))
-    return {
-        "url": url.render_as_string(hide_password=False),
-        "spool": str(spool if spool.is_absolute() else project_dir.resolve() / spool),
-        "retention_days": settings.get("retention_days"),
-    }
-
-
-def project_log_url(project_dir: Path, url: str | None) -> str:
-    """The prediction log a project's servers write to: `NBSHIP_LOG_URL` when set (as it
-    is for them), else `url` (env.yaml's), a relative SQLite file taken from the project."""
-    from nbship.prediction_log.store import LOG_URL_ENV
-
-    return os.environ.get(LOG_URL_ENV) or log_settings(project_dir, {"url": url})["url"]
-
-
-def published_link(project_dir: Path, env: Mapping[str, Any]) -> Path:
-    """Where a project publishes its current bento: `<bentos>/<bento name>` (a symlink)."""
-    return project_dir.resolve() / str(env.get("bentos", "bentos")) / env["bento"]["name"]
 
 
 def publish(bento_tag: str, link: str | Path) -> Path:
@@ -296,11 +268,10 @@ def package_winner(
     from nbship.registry import model_store as store
     from nbship.registry.promotion import register_and_gate, write_version_card
     from nbship.registry.versions import Registry
-    from nbship.registry.versions import registry_url as resolve_registry_url
 
     project = Path(project_dir).resolve()
-    url = resolve_registry_url(project, {"registry": {"url": registry_url}})
-    store_url = store.store_url(project, {"model_store": {"url": model_store}})
+    url = project_registry_url(project, registry_url)
+    store_url = model_store_url(project, model_store)
 
     from nbship.drift import reference_profile
     from nbship.serving.compiled import compile_and_verify
@@ -358,7 +329,9 @@ def package_winner(
         "model_files": artifact["files"],
         "compiled": compiled,
         "drift_profile": profile,
-        "prediction_log": log_settings(project, prediction_log),
+        "prediction_log": log_settings(
+            project, validate_section(PredictionLogSettings, prediction_log or {}, "prediction_log")
+        ),
         "registry_url": url,
         "model_store": store_url,
     }

@@ -16,18 +16,17 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from nbship.config import DEFAULT_BENTOS, DEFAULT_ROOT, ENV_FILE, read_raw
+from nbship.project import PIPELINE_FILE, STATE_DIR
 
-PIPELINE_FILE = "pipeline.yaml"
-ENV_FILE = "env.yaml"
 STAMP_FILE = ".nbship-build-stamp"
 # held while a build runs (outside the products, whose listing the stamp hashes)
-LOCK_FILE = ".nbship/build.lock"
+LOCK_FILE = f"{STATE_DIR}/build.lock"
 PLOT_FILE = "pipeline.svg"
 # Files under the products folder that no task makes: they must not void the stamp.
 NOT_PRODUCTS = {STAMP_FILE, PLOT_FILE}
@@ -47,26 +46,24 @@ class BuildResult:
     skipped_by_stamp: bool
 
 
-def read_env(project_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((project_dir / ENV_FILE).read_text()) or {}
-
-
-def _product_dirs(project_dir: Path, env: Mapping[str, Any]) -> list[Path]:
+def _product_dirs(project_dir: Path) -> list[Path]:
+    """Where the tasks' products go (env.yaml `root` and `bentos`). Read from the raw file:
+    this seam runs any Ploomber project; nbship's own checks of env.yaml come first."""
+    raw = read_raw(project_dir)
     return [
-        project_dir / str(env.get("root", "build")),
-        project_dir / str(env.get("bentos", "bentos")),
+        project_dir / str(raw.get("root") or DEFAULT_ROOT),
+        project_dir / str(raw.get("bentos") or DEFAULT_BENTOS),
     ]
 
 
 def build_stamp(project_dir: Path) -> str:
     """Hash of the build's inputs and of its products' file listing."""
-    env = read_env(project_dir)
     digest = hashlib.sha256()
     inputs = [p for pattern in INPUT_PATTERNS for p in sorted(project_dir.glob(pattern))]
     inputs += sorted(Path(__file__).parents[1].rglob("*.py"))  # all of nbship
     for path in inputs:
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
-    for folder in _product_dirs(project_dir, env):
+    for folder in _product_dirs(project_dir):
         for path in sorted(_walk(folder)):
             if path.name in NOT_PRODUCTS:
                 continue
@@ -84,7 +81,7 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def _stamp_path(project_dir: Path) -> Path:
-    return project_dir / str(read_env(project_dir).get("root", "build")) / STAMP_FILE
+    return _product_dirs(project_dir)[0] / STAMP_FILE
 
 
 @contextlib.contextmanager
@@ -230,11 +227,7 @@ def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Pat
     )
     ax.set_title("nbship pipeline (orange: outdated, blue: up to date)")
     ax.axis("off")
-    out = (
-        Path(output)
-        if output
-        else project_dir / str(read_env(project_dir).get("root", "build")) / PLOT_FILE
-    )
+    out = Path(output) if output else _product_dirs(project_dir)[0] / PLOT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)

@@ -34,6 +34,21 @@ def load_source(source: str, sample_rows: int | None = None, seed: int = 0) -> p
     return df.reset_index(drop=True)
 
 
+def source_columns(source: str, base: Path) -> list[str]:
+    """The columns of a data source without loading its rows where the format allows
+    (a relative path is taken from `base`, the project folder the tasks run in)."""
+    path = Path(source) if Path(source).is_absolute() else base / source
+    if path.suffix == ".csv" and path.is_file():
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    if path.suffix == ".parquet" and path.is_file():
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    if path.suffix in (".csv", ".parquet"):
+        raise FileNotFoundError(f"data.source: no such file {path}")
+    return [str(c) for c in load_source(source).columns]
+
+
 def fingerprint(df: pd.DataFrame) -> str:
     """A content hash of a table: the same rows, columns and values give the same hash."""
     digest = hashlib.sha256()

@@ -24,6 +24,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from nbship.tasks import METRICS
+
 ESTIMATORS: dict[str, Callable[..., ClassifierMixin]] = {
     # predicts the class priors: the floor any real candidate must beat
     "baseline": DummyClassifier,
@@ -32,15 +34,6 @@ ESTIMATORS: dict[str, Callable[..., ClassifierMixin]] = {
     "knn": KNeighborsClassifier,
     "hist_gb": HistGradientBoostingClassifier,
 }
-
-# name -> True when a larger value is better
-METRICS: dict[str, bool] = {
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "f1_macro": True,
-    "log_loss": False,
-}
-
 
 @dataclass(frozen=True)
 class Features:

@@ -5,7 +5,7 @@ evidence (numbers and lists only), so results can be stored in the registry and 
 the model report as they are.
 
 - metric: the challenger's test metric is not worse than the champion's by more than a
-  tolerance, in the metric's own direction (`training.METRICS`).
+  tolerance, in the metric's own direction (`nbship.tasks.METRICS`).
 - differential: on the golden set, few rows change label or move a class probability by
   more than a tolerance.
 - benchmark: predict latency (p50, p99 over a fixed batch) and, when known, training time
@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import field_validator
 
-from nbship.pipeline.training import METRICS
+from nbship.config import GateSettings, validate_section
+from nbship.tasks import METRICS
 
 # Differing rows listed in the differential gate's evidence (all are counted).
 MAX_LISTED_ROWS = 50
 # Float comparisons against a threshold allow this much rounding noise.
 _EPS = 1e-12
-_INVARIANCE_KEYS = {"column", "values", "max_changed_share"}
 
 
 @dataclass(frozen=True)
@@ -41,62 +42,23 @@ class GateResult:
     evidence: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class GateConfig:
-    metric: str = "f1_macro"
-    metric_tolerance: float = 0.01
-    prob_tolerance: float = 0.05
-    max_diff_share: float = 0.1
-    max_latency_factor: float = 2.0
-    max_train_factor: float = 3.0
-    latency_repeats: int = 20
-    invariance: tuple[dict, ...] = ()
+class GateConfig(GateSettings):
+    """env.yaml's `gates:` (its defaults are nbship.config's) and the metric compared, the
+    project's `selection_metric`."""
 
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown gate metric {self.metric!r}: choose from {sorted(METRICS)}")
-        for name in ("metric_tolerance", "prob_tolerance", "max_diff_share"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"gates.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_latency_factor", "max_train_factor"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"gates.{name} must be > 0, got {getattr(self, name)}")
-        if self.latency_repeats < 1:
-            raise ValueError(f"gates.latency_repeats must be >= 1, got {self.latency_repeats}")
-        object.__setattr__(self, "invariance", tuple(_check_invariance(c) for c in self.invariance))
+    metric: str = "f1_macro"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"unknown gate metric {metric!r}: choose from {sorted(METRICS)}")
+        return metric
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, Any] | None) -> GateConfig:
-        """From env.yaml's `gates:` section; missing keys keep their defaults."""
-        if not d:
-            return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown gates setting(s) {unknown}: choose from {sorted(known)}")
-        values = dict(d)
-        if "invariance" in values:
-            values["invariance"] = tuple(values["invariance"] or ())
-        return cls(**values)
-
-
-def _check_invariance(check: Mapping[str, Any]) -> dict:
-    if not isinstance(check, Mapping):
-        raise ValueError(f"gates.invariance entries must be mappings, got {check!r}")
-    unknown = sorted(set(check) - _INVARIANCE_KEYS)
-    missing = sorted(_INVARIANCE_KEYS - set(check))
-    if unknown or missing:
-        raise ValueError(
-            f"gates.invariance entry {dict(check)!r}: unknown keys {unknown}, missing {missing}"
-            f" (expected {sorted(_INVARIANCE_KEYS)})"
-        )
-    values = list(check["values"])
-    if not values:
-        raise ValueError(f"gates.invariance entry for {check['column']!r} has no values")
-    share = float(check["max_changed_share"])
-    if not 0 <= share <= 1:
-        raise ValueError(f"gates.invariance max_changed_share must be in [0, 1], got {share}")
-    return {"column": str(check["column"]), "values": values, "max_changed_share": share}
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> GateConfig:
+        """From env.yaml's `gates:` section (plus `metric`); ConfigError names the key."""
+        return validate_section(cls, dict(values or {}), "gates")
 
 
 def _plain(value: Any) -> Any:
@@ -301,11 +263,11 @@ def invariance_gate(model: Any, frame: pd.DataFrame, config: GateConfig) -> Gate
     checks = []
     lines = []
     for check in config.invariance:
-        column, limit = check["column"], check["max_changed_share"]
+        column, limit = check.column, check.max_changed_share
         if column not in frame.columns:
             raise ValueError(f"invariance check column {column!r} is not in the frame")
         shares: dict[str, float] = {}
-        for value in check["values"]:
+        for value in check.values:
             variant = frame.copy()
             variant[column] = value
             changed = np.asarray(model.predict(variant)) != base
@@ -315,7 +277,7 @@ def invariance_gate(model: Any, frame: pd.DataFrame, config: GateConfig) -> Gate
         checks.append(
             {
                 "column": column,
-                "values": [_plain(v) for v in check["values"]],
+                "values": [_plain(v) for v in check.values],
                 "changed_share": shares,
                 "max_changed_share": limit,
                 "passed": ok,

@@ -29,8 +29,8 @@ from sklearn.metrics import confusion_matrix
 from nbship.common import html_page as page
 from nbship.common.artifacts import atomic_path
 from nbship.pipeline.data import fingerprint
-from nbship.pipeline.training import METRICS
 from nbship.registry.versions import ModelVersion, split_tag
+from nbship.tasks import METRICS
 
 # (anchor, heading) of the card's sections, in page order; the predictions section is
 # titled "Residuals" instead for a regressor.

@@ -24,9 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-URL_ENV = "NBSHIP_MODEL_STORE"
 CACHE_ENV = "NBSHIP_MODEL_CACHE"
-DEFAULT_STORE = "model-store"
 ARCHIVE_SUFFIX = ".bentomodel"
 _CHUNK = 1 << 20
 
@@ -76,16 +74,6 @@ def verify_dir(model_dir: Path, expected: Mapping[str, str], tag: str) -> None:
             f"model {tag} at {model_dir} does not match its registered digests, refusing to"
             f" load it: {'; '.join(problems)}"
         )
-
-
-def store_url(project_dir: Path, env: Mapping[str, Any] | None) -> str:
-    """The shared store: $NBSHIP_MODEL_STORE, else env.yaml's `model_store.url`, else a
-    `model-store/` folder in the project; a relative folder is taken from the project."""
-    url = os.environ.get(URL_ENV) or ((env or {}).get("model_store") or {}).get("url")
-    url = str(url or DEFAULT_STORE)
-    if "://" in url:
-        return url
-    return str((project_dir / url).resolve())
 
 
 def archive_uri(store: str, tag: str) -> str:

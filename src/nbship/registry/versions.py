@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ from nbship.common.sqlite import sqlite_engine, writer
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-URL_ENV = "NBSHIP_REGISTRY_URL"
-DEFAULT_FILE = "registry.db"
 # Sections compared by `Registry.diff`; dict sections are flattened to dotted keys.
 DIFF_SECTIONS = ("params", "metrics", "versions", "data_fingerprint", "definition_hash")
 # Metadata keys stored in their own columns; the rest goes to `extra`.
@@ -486,25 +483,3 @@ class Registry:
             query = query.where(_Version.name == name)
         with self._read() as session:
             return [_version(r) for r in session.scalars(query).all()]
-
-
-def registry_url(project_dir: Path, env: Mapping[str, Any] | None) -> str:
-    """The registry's SQLAlchemy URL: `$NBSHIP_REGISTRY_URL`, else env.yaml's
-    `registry: {url: ...}`, else `sqlite:///<project_dir>/registry.db`. A relative SQLite
-    path is resolved against the project folder."""
-    root = Path(project_dir).resolve()
-    section = (env or {}).get("registry") or {}
-    if not isinstance(section, Mapping):
-        raise RegistryError("env.yaml: `registry` must be a mapping like {url: ...}")
-    url = os.environ.get(URL_ENV) or section.get("url") or f"sqlite:///{root / DEFAULT_FILE}"
-    parsed = make_url(str(url))
-    database = parsed.database
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and database
-        and database != ":memory:"
-        and not database.startswith("file:")
-        and not Path(database).is_absolute()
-    ):
-        parsed = parsed.set(database=str(root / database))
-    return parsed.render_as_string(hide_password=False)

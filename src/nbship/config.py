@@ -1,0 +1,276 @@
+"""The one schema of a project's env.yaml, read once and passed down.
+
+Every section is a pydantic model that forbids unknown keys, so a misspelt setting, a wrong
+type or a missing required one fails at once with the key's path (`ConfigError`), and every
+default is defined here, once. Ploomber renders the same file into pipeline.yaml's
+placeholders; values a project's own notebooks need go under `params:`, free-form.
+
+Environment variables that override a setting where the model is built or served
+(`NBSHIP_REGISTRY_URL`, `NBSHIP_MODEL_STORE`, `NBSHIP_LOG_URL`, `NBSHIP_LOG_SPOOL`) are
+resolved by `nbship.project`, which turns these settings into a project's paths and URLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+ENV_FILE = "env.yaml"
+M = TypeVar("M", bound=BaseModel)
+# where products and bentos go unless env.yaml says otherwise
+DEFAULT_ROOT = "build"
+DEFAULT_BENTOS = "bentos"
+
+
+class ConfigError(ValueError):
+    """env.yaml is wrong; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(Section):
+    source: str = Field(description="packaged data (palmerpenguins) or a .csv/.parquet path")
+    sample_rows: PositiveInt | None = None  # a reproducible sample (tests use this)
+    seed: int = 42
+
+
+class FeatureSettings(Section):
+    numeric: list[str] = []
+    categorical: list[str] = []
+
+    @model_validator(mode="after")
+    def _some_and_disjoint(self) -> FeatureSettings:
+        if not self.numeric and not self.categorical:
+            raise ValueError("name at least one numeric or categorical column")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"columns listed as numeric and categorical: {both}")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class SplitSettings(Section):
+    test_size: float = Field(0.25, gt=0, lt=1)
+    # pinned rows the differential and invariance gates predict on
+    golden_size: PositiveInt = 60
+    seed: int = 42
+
+
+class BentoSettings(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # BentoML's tag rules
+    max_batch: PositiveInt = 1000
+
+
+class UrlSettings(Section):
+    url: str | None = None
+
+
+class PredictionLogSettings(Section):
+    url: str = "sqlite:///prediction_log.db"
+    spool: str = ".nbship/spool"
+    retention_days: PositiveInt | PositiveFloat | None = 30
+
+
+class InvarianceCheck(Section):
+    column: str
+    values: list[Any] = Field(min_length=1)
+    max_changed_share: float = Field(ge=0, le=1)
+
+
+class GateSettings(Section):
+    """How much worse than the champion a challenger may be (see nbship.registry.gates)."""
+
+    metric_tolerance: NonNegativeFloat = 0.01
+    prob_tolerance: NonNegativeFloat = 0.05
+    max_diff_share: NonNegativeFloat = 0.1
+    max_latency_factor: PositiveFloat = 3.0
+    max_train_factor: PositiveFloat = 5.0
+    latency_repeats: PositiveInt = 20
+    invariance: tuple[InvarianceCheck, ...] = ()
+
+
+class RetrainSettings(Section):
+    """`nbship retrain watch`'s triggers; None turns one off."""
+
+    every_labels: PositiveInt | None = None
+    every_hours: PositiveInt | PositiveFloat | None = None
+    poll_seconds: PositiveFloat = 30.0
+
+
+class ContainerSection(Section):
+    state_dir: str = ".containers"
+    base_image: str = "localhost/nbship-base:bookworm-py311"
+    suite: str = "bookworm"
+    mirror: str | None = None  # default: the host's Debian mirror
+    # "host": the host's /usr/local/share/ca-certificates; or PEM files; [] for none
+    extra_ca_certs: Literal["host"] | list[str] = "host"
+    labels: dict[str, str] = {}
+
+
+class KubernetesSettings(Section):
+    replicas: PositiveInt = 2
+    port: PositiveInt = 3000
+    cpu_request: str = "500m"
+    cpu_limit: str = "1"
+    memory_request: str = "512Mi"
+    memory_limit: str = "1Gi"
+    min_replicas: PositiveInt = 2
+    max_replicas: PositiveInt = 10
+    target_cpu_utilization: int = Field(70, ge=1, le=100)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class ProjectConfig(Section):
+    """env.yaml."""
+
+    root: str = DEFAULT_ROOT  # every product of a run goes under it
+    bentos: str = DEFAULT_BENTOS  # where the published bento folder goes
+    data: DataSettings
+    suite: str
+    target: str
+    features: FeatureSettings
+    split: SplitSettings = SplitSettings()
+    candidates: list[str] = Field(min_length=1)
+    hyperparams: dict[str, dict[str, Any]] = {}
+    selection_metric: str = "f1_macro"
+    bento: BentoSettings
+    registry: UrlSettings = UrlSettings()
+    model_store: UrlSettings = UrlSettings()
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
+    # the alert rules and sinks are checked by nbship.operate.alerts.parse_config, which
+    # knows the window metrics; `nbship.cli` runs it whenever it loads the config
+    monitoring: dict[str, Any] | None = None
+    gates: GateSettings = GateSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    container: ContainerSection = ContainerSection()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    params: dict[str, Any] = {}  # the project's own values for its notebooks
+
+    def check_columns(self, columns: Iterable[str], where: str = "the data") -> None:
+        """Settings that name columns (features, target, invariance checks) against the
+        columns the data has; raises ConfigError naming the setting."""
+        have = set(columns)
+        named = [(f"features.numeric[{i}]", c) for i, c in enumerate(self.features.numeric)]
+        named += [
+            (f"features.categorical[{i}]", c) for i, c in enumerate(self.features.categorical)
+        ]
+        named.append(("target", self.target))
+        named += [(f"gates.invariance[{i}].column", c.column)
+                  for i, c in enumerate(self.gates.invariance)]  # fmt: skip
+        missing = [f"{key}: column {column!r} is not in {where}" for key, column in named
+                   if column not in have]  # fmt: skip
+        if self.target in self.features.columns:
+            missing.append(f"target: {self.target!r} is also listed as a feature")
+        if missing:
+            raise ConfigError(f"{ENV_FILE}: " + "; ".join(missing)
+                              + f" (columns: {sorted(have)})")  # fmt: skip
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(
+    error: Mapping[str, Any], section: type[BaseModel], skip: int = 0
+) -> tuple[str, str]:
+    """(the key's path, what is wrong with it)"""
+    loc = tuple(error["loc"])
+    where = _path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(section, loc[skip:-1])
+        allowed = f" (allowed: {', '.join(model.model_fields)})" if model else ""
+        return where, f"unknown setting{allowed}"
+    if kind == "missing":
+        return where, "missing (required)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return where, f"{message}, got {error['input']!r}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The section model at a location, to list its keys when one is unknown."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+        candidates = [annotation, *inner]
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
+            return None
+        model = found[0]
+    return model
+
+
+def validate_section(model: type[M], raw: Any, where: str = "") -> M:
+    """`raw` as `model`; ConfigError lists every wrong key, with its path below `where`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        prefix = (where,) if where else ()
+        lines: dict[str, list[str]] = {}
+        for e in exc.errors():
+            loc = (*prefix, *e["loc"])
+            # a union's branches come as one error each, tagged after the field's path
+            # (`int`, `list[str]`): a name that is no field of the section it is under
+            parent = _model_at(model, tuple(e["loc"][:-1]))
+            if (
+                e["type"] not in ("extra_forbidden", "missing")
+                and len(e["loc"]) > 1
+                and isinstance(e["loc"][-1], str)
+                and _model_at(model, tuple(e["loc"][:-2])) is not None
+                and (parent is None or e["loc"][-1] not in parent.model_fields)
+            ):
+                loc = loc[:-1]
+            where, message = _message({**e, "loc": loc}, model, len(prefix))
+            lines.setdefault(where, []).append(message)
+        raise ConfigError("; ".join(f"{w}: {' or '.join(m)}" for w, m in lines.items())) from None
+
+
+def validate(raw: Any, source: str = ENV_FILE) -> ProjectConfig:
+    """A parsed env.yaml as a ProjectConfig; ConfigError lists every wrong key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        return validate_section(ProjectConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def read_raw(project_dir: Path) -> dict[str, Any]:
+    """env.yaml as YAML, unchecked (Ploomber reads the same file for pipeline.yaml)."""
+    path = Path(project_dir) / ENV_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (is this an nbship project?)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return raw if raw is not None else {}
+
+
+def load(project_dir: Path) -> ProjectConfig:
+    """The project's env.yaml, checked."""
+    return validate(read_raw(project_dir), source=str(Path(project_dir) / ENV_FILE))
