@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     LogEntry,
     PredictionLog,
     RawJSON,
@@ -353,7 +353,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", help="also deliver to this PostgreSQL database")
     args = parser.parse_args()
     # the delivery benchmark makes an unavailable database on purpose
-    logging.getLogger("nbship.prediction_log.store").setLevel(logging.ERROR)
+    logging.getLogger("nbship.prediction_log").setLevel(logging.ERROR)
 
     folder = Path(tempfile.mkdtemp(prefix="nbship-bench-log-"))
     entries = [make_entry(i) for i in range(args.entries)]

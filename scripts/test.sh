@@ -10,4 +10,7 @@ bash scripts/install-postgresql.sh
 bash scripts/install-browser.sh
 uv run ruff check .
 uv run ruff format --check .
+# the import layers (pyproject's [tool.importlinter]) and the types of src/
+uv run lint-imports --no-cache
+uv run mypy
 uv run pytest "$@"

@@ -1,6 +1,7 @@
-"""The prediction log on a real SQLite file and a real PostgreSQL server: nothing that
-`record` acknowledged is lost (threads, an unavailable database, kill -9), each request
-is stored once, and the query/export/retention functions."""
+"""The prediction log on a real SQLite file: nothing that `record` acknowledged is lost
+(threads, an unavailable database, kill -9), each request is stored once, and the
+query/export/retention functions. The tests taking `store` run on PostgreSQL too, in
+tests/integration/test_prediction_log_postgres.py (a server: not a unit test)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,12 +20,11 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     COLUMNS,
-    REJECTED_FILE,
     LogEntry,
     PredictionLog,
     RawJSON,
@@ -37,7 +35,7 @@ from nbship.prediction_log.store import (
     read_log,
     url_for_sqlite,
 )
-from tests.support import PROJECT, free_port, postgres_schema, wait_until
+from tests.support import PROJECT, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -50,19 +48,14 @@ class Store:
     down: str  # the same kind of database, unavailable
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        (tmp_path / "blocker").write_text("a file where the database's folder should be")
-        yield Store(
-            url=url_for_sqlite(tmp_path / "db" / "log.db"),
-            down=f"sqlite:///{tmp_path / 'blocker' / 'log.db'}",
-        )
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    closed = make_url(base).set(port=free_port()).render_as_string(hide_password=False)
-    with postgres_schema(base) as url:
-        yield Store(url=url, down=closed)
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """SQLite (the integration module's `store` is PostgreSQL, for the same tests)."""
+    (tmp_path / "blocker").write_text("a file where the database's folder should be")
+    return Store(
+        url=url_for_sqlite(tmp_path / "db" / "log.db"),
+        down=f"sqlite:///{tmp_path / 'blocker' / 'log.db'}",
+    )
 
 
 def entry(
@@ -363,45 +356,12 @@ def test_a_last_line_only_missing_its_newline_is_delivered(tmp_path: Path) -> No
     assert read_log(url)["inputs"][2] == entry(i=0).inputs
 
 
-def test_a_row_postgresql_refuses_is_set_aside(postgres_url: str, tmp_path: Path) -> None:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
-    spool = tmp_path / "spool"
-    (tmp_path / "blocker").write_text("")
-    try:
-        log = PredictionLog(f"sqlite:///{tmp_path / 'blocker' / 'x.db'}", spool).start()
-        for i in range(5):
-            log.record(entry(f"r{i}"))
-        log.close(timeout=5)
-        [segment] = leftover_segments(spool)
-        lines = segment.read_bytes().splitlines(keepends=True)
-        head, rest = lines[2].split(b"\t", 1)  # header, inputs, outputs
-        too_long = json.loads(head)
-        too_long["request_id"] = "x" * 300  # longer than the column: PostgreSQL refuses
-        lines[2] = json.dumps(too_long).encode() + b"\t" + rest
-        segment.write_bytes(b"".join(lines))
-        with PredictionLog(url, spool, batch_size=4) as again:
-            assert again.flush(30)
-            stats = again.stats
-        assert (stats["written"], stats["rejected"]) == (4, 1)
-        assert sorted(stored_ids(url)) == ["r0", "r1", "r3", "r4"]
-        [kept] = (spool / REJECTED_FILE).read_text().splitlines()
-        assert json.loads(kept)["request_id"] == "x" * 300
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 # processes: kill -9, replay by several at once --------------------------------------------------
 
 CHILD = """
 import sys, time
 from datetime import UTC, datetime
-from nbship.prediction_log.store import LogEntry, PredictionLog
+from nbship.prediction_log import LogEntry, PredictionLog
 url, spool, n, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 log = PredictionLog(url, spool, flush_interval=interval, batch_size=100, max_backoff=0.1)
 log.start()
@@ -452,7 +412,7 @@ def test_acknowledged_entries_survive_kill_9(store: Store, tmp_path: Path, datab
 
 REPLAYER = """
 import json, sys
-from nbship.prediction_log.store import PredictionLog
+from nbship.prediction_log import PredictionLog
 log = PredictionLog(sys.argv[1], sys.argv[2], batch_size=100).start()
 done = log.flush(120)
 stats = log.stats

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from nbship.prediction_log import store as prediction_log
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     LogEntry,
     PredictionLog,
     RawJSON,
-    _json_bytes,
-    _row,
     new_request_id,
     read_log,
     url_for_sqlite,
 )
+from nbship.prediction_log.entries import _json_bytes, _row
 
 pytestmark = pytest.mark.unit
 
@@ -129,7 +127,7 @@ def test_lines_longer_than_a_read_and_crash_zeros_are_delivered(
     lines = segment.read_bytes().splitlines(keepends=True)
     zeros = b"\x00" * 3000  # what ext4 can leave after a crash: size grown, data not
     segment.write_bytes(b"".join(lines[:10]) + zeros + b"".join(lines[10:]) + lines[0][:500])
-    monkeypatch.setattr(prediction_log, "READ_CHUNK", 256)
+    monkeypatch.setattr("nbship.prediction_log.spool.READ_CHUNK", 256)
     url = url_for_sqlite(tmp_path / "log.db")
     with PredictionLog(url, spool) as again:
         assert again.flush(60)

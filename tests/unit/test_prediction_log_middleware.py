@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from nbship.prediction_log.store import LogEntry, PredictionLog, RawJSON, read_log, url_for_sqlite
+from nbship.prediction_log import LogEntry, PredictionLog, RawJSON, read_log, url_for_sqlite
 from nbship.serving.request_log import HEADER, RequestLogMiddleware
 
 pytestmark = pytest.mark.unit
