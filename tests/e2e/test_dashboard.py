@@ -21,7 +21,7 @@ import pytest
 
 from nbship.drift import reference_profile
 from nbship.pipeline.data import load_source
-from nbship.prediction_log.store import LogEntry, PredictionLog, count, url_for_sqlite
+from nbship.prediction_log import LogEntry, PredictionLog, count, url_for_sqlite
 from nbship.registry.versions import Registry
 from tests.support import free_port, start, stop, wait_http
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbship.prediction_log.store import read_log, url_for_sqlite
+from nbship.prediction_log import read_log, url_for_sqlite
 from tests.conftest import Project
 from tests.support import free_port, kill9, start, stop, wait_http, wait_until
 

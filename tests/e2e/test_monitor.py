@@ -16,7 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from nbship.prediction_log.store import count, url_for_sqlite
+from nbship.prediction_log import count, url_for_sqlite
 from tests.conftest import Project
 from tests.support import free_port, start, stop, wait_http
 

@@ -12,7 +12,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from nbship.prediction_log.store import count, read_log, url_for_sqlite
+from nbship.prediction_log import count, read_log, url_for_sqlite
 from tests.conftest import Project
 from tests.support import free_port, kill9, start, stop, wait_http, wait_until
 

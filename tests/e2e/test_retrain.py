@@ -21,7 +21,7 @@ import pytest
 
 from nbship.config import RetrainSettings
 from nbship.operate.retrain import due
-from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count, url_for_sqlite
+from nbship.prediction_log import RETRAIN_REQUEST_KIND, count, url_for_sqlite
 from nbship.registry.versions import Registry
 from tests.conftest import NBSHIP, Project
 from tests.support import (

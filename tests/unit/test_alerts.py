@@ -38,7 +38,7 @@ from nbship.operate.alerts import (
 )
 from nbship.pipeline.contract import Contract, load_suite, record_model
 from nbship.pipeline.data import load_source, split
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     LogEntry,
     PredictionLog,
     new_request_id,

@@ -12,7 +12,7 @@ import pytest
 from nbship.operate.feedback import labelled_feedback, new_labels
 from nbship.pipeline import data
 from nbship.pipeline.training import Features
-from nbship.prediction_log.store import LogEntry, PredictionLog, url_for_sqlite
+from nbship.prediction_log import LogEntry, PredictionLog, url_for_sqlite
 from nbship.project import log_url
 
 pytestmark = pytest.mark.unit

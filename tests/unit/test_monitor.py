@@ -15,7 +15,7 @@ import pytest
 
 from nbship.operate.alerts import AlertStore, parse_config
 from nbship.operate.monitor import SECTIONS, build_report, run_monitor, window_bounds
-from nbship.prediction_log.store import url_for_sqlite
+from nbship.prediction_log import url_for_sqlite
 from tests.support import PROJECT
 from tests.unit.test_alerts import (
     EXAMPLE_CONFIG,

@@ -17,7 +17,7 @@ from nbship.common.artifacts import write_json
 from nbship.config import RetrainSettings
 from nbship.operate.retrain import due, runs, runs_dir
 from nbship.pipeline.dag import BuildBusy, build_lock
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     RETRAIN_REQUEST_KIND,
     LogEntry,
     PredictionLog,

@@ -58,7 +58,7 @@ def log() -> None:
 @click.option("--last", "-n", default=20, show_default=True, help="How many, newest first.")
 def show(project: Path, since, until, model, status, last: int) -> None:
     """The latest logged requests as a table."""
-    from nbship.prediction_log.store import read_log
+    from nbship.prediction_log import read_log
 
     frame = read_log(log_url(project), **_filters(since, until, model, status))
     if frame.empty:
@@ -84,7 +84,7 @@ def show(project: Path, since, until, model, status, last: int) -> None:
 )  # fmt: skip
 def export(project: Path, since, until, model, status, output: Path) -> None:
     """Write the logged requests to CSV or Parquet."""
-    from nbship.prediction_log.store import export_log
+    from nbship.prediction_log import export_log
 
     try:
         n = export_log(log_url(project), output, **_filters(since, until, model, status))
@@ -99,7 +99,7 @@ def export(project: Path, since, until, model, status, output: Path) -> None:
               help="Delete requests logged more than this many days ago.")  # fmt: skip
 def purge(project: Path, older_than_days: float) -> None:
     """Delete old requests (the server also applies `retention_days` hourly)."""
-    from nbship.prediction_log.store import purge as purge_log
+    from nbship.prediction_log import purge as purge_log
 
     n = purge_log(log_url(project), timedelta(days=older_than_days))
     click.echo(f"{n} request(s) deleted")

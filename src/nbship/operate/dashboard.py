@@ -60,7 +60,7 @@ from nbship.drift import (
 )
 from nbship.operate.alerts import ALERTS_TABLE, AlertStore, window_metrics
 from nbship.operate.monitor import drift_verdict, window_bounds
-from nbship.prediction_log.store import read_log
+from nbship.prediction_log import read_log
 from nbship.registry.versions import CHAMPION, ModelVersion, Registry, RegistryError
 
 DEFAULT_HOST = "127.0.0.1"

@@ -21,7 +21,7 @@ import pandas as pd
 
 from nbship.pipeline.data import fingerprint
 from nbship.pipeline.training import Features
-from nbship.prediction_log.store import FEEDBACK_KIND, read_log
+from nbship.prediction_log import FEEDBACK_KIND, read_log
 
 ID_CHUNK = 500  # request ids per query (SQLite allows a few thousand bound values)
 

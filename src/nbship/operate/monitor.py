@@ -49,7 +49,7 @@ from nbship.operate.alerts import (
     send,
     window_metrics,
 )
-from nbship.prediction_log.store import read_log
+from nbship.prediction_log import read_log
 
 MAX_WINDOWS = 2000  # beyond this a report is unreadable and slow: use longer windows
 SECTIONS = (

@@ -161,7 +161,7 @@ def due(
     """Why a retrain should start now (None: it should not). `since` is when the last
     run started, or when watching began."""
     from nbship.operate.feedback import new_labels
-    from nbship.prediction_log.store import RETRAIN_REQUEST_KIND, count
+    from nbship.prediction_log import RETRAIN_REQUEST_KIND, count
 
     now = now or datetime.now(UTC)
     if count(log_url, kind=RETRAIN_REQUEST_KIND, since=since):

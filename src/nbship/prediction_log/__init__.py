@@ -4,7 +4,7 @@ One `LogEntry` per request goes to the table `prediction_log` of a SQLite file (
 default) or of a PostgreSQL database given by URL. The modules, each importing only
 those above it:
 
-    schema    the table, its columns, where the log is (`url_for_sqlite`, `LOG_URL_ENV`)
+    schema    the table, its columns, where the log is (`url_for_sqlite`; its URL: nbship.project)
     entries   `LogEntry`, `RawJSON`, the entry kinds, and the spool line's encoding
     database  engines, the batched insert-or-ignore, the retention delete
     spool     the on-disk spool `record` appends to and the thread reads back
@@ -23,13 +23,12 @@ from nbship.prediction_log.entries import (
     new_request_id,
 )
 from nbship.prediction_log.queries import count, export_log, purge, read_log
-from nbship.prediction_log.schema import COLUMNS, LOG_URL_ENV, url_for_sqlite
+from nbship.prediction_log.schema import COLUMNS, url_for_sqlite
 from nbship.prediction_log.writer import REJECTED_FILE, PredictionLog
 
 __all__ = [
     "COLUMNS",
     "FEEDBACK_KIND",
-    "LOG_URL_ENV",
     "REJECTED_FILE",
     "RETRAIN_REQUEST_KIND",
     "LogEntry",

@@ -22,7 +22,6 @@ from sqlalchemy import (
 )
 
 TABLE = "prediction_log"
-LOG_URL_ENV = "NBSHIP_LOG_URL"  # where the servers log ("off": nowhere); overrides config
 DEFAULT_FILE = "prediction_log.db"
 # longest strings kept (a longer one is cut: a database refusing it would block the log)
 _LIMITS = {

@@ -251,7 +251,8 @@ class Spool:
         rows, complete lines read, unreadable lines and fragments)."""
         if segment.fd is None:
             segment.fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
-        pos, rows, lines, bad, chunk = segment.done, [], 0, 0, READ_CHUNK
+        rows: list[dict[str, Any]] = []
+        pos, lines, bad, chunk = segment.done, 0, 0, READ_CHUNK
         while pos < size and lines < room:
             data = os.pread(segment.fd, min(chunk, size - pos), pos)
             if not data:  # shorter than it should be: nothing more to read

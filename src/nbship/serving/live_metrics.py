@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from nbship.drift import feature_drift
-from nbship.prediction_log.store import LogEntry
+from nbship.prediction_log import LogEntry
 
 # drift is recomputed over the last WINDOW records, after EVERY new records and at most
 # once per MIN_SECONDS: a recomputation costs a few ms of the request loop

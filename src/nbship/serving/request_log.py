@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from nbship.prediction_log.store import LogEntry, PredictionLog, RawJSON, new_request_id
+from nbship.prediction_log import LogEntry, PredictionLog, RawJSON, new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

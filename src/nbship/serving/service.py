@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from nbship.compat.bentoml_private import ROOT_FIELD, request_error_logger, root_input_base
 from nbship.pipeline.contract import Contract, load_suite, record_model
-from nbship.prediction_log.store import (
+from nbship.prediction_log import (
     FEEDBACK_KIND,
     RETRAIN_REQUEST_KIND,
     LogEntry,
