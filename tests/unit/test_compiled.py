@@ -384,17 +384,26 @@ def test_plan_pickles_and_verify_without_rows_is_not_ok(parts, fitted):
     assert not empty.ok and empty.rows == 0
 
 
-def test_module_imports_nothing_from_nbship():
-    """The bento copies compiled.py beside serving.py: it must need no other nbship module."""
+def test_module_imports_only_the_sklearn_compat_layer_of_nbship():
+    """compiled.py stays self-contained: of nbship it imports only the scikit-learn compat
+    layer, which holds the private scikit-learn attributes the plan reads (one place,
+    version-checked by test_compat_sklearn) and imports only numpy and scikit-learn. The
+    bento ships nbship.compat whole beside nbship.serving (SERVED_SUBPACKAGES)."""
     tree = ast.parse((PROJECT / "src" / "nbship" / "serving" / "compiled.py").read_text())
     imported = set()
+    from_nbship = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "relative import"
-            imported.add(node.module.split(".")[0])
-    assert imported <= {
+            names = [node.module]
+        else:
+            continue
+        imported |= {name.split(".")[0] for name in names}
+        from_nbship |= {name for name in names if name.split(".")[0] == "nbship"}
+    assert from_nbship <= {"nbship.compat.sklearn_private"}, from_nbship
+    assert imported - {"nbship"} <= {
         "__future__",
         "collections",
         "dataclasses",

@@ -177,16 +177,25 @@ def failure_cause(message: str) -> str | None:
     return "\n".join(found) if found else None
 
 
+def _will_run(task: Any) -> bool:
+    """Whether the next build runs `task`, read from the DAG rendered (not forced) just
+    before: Ploomber's public `Task.exec_status`, which render sets from the product's
+    up-to-date check to WaitingExecution (outdated), WaitingUpstream (outdated, after an
+    outdated upstream) or Skipped (up to date). The same answer as the private
+    `Product._is_outdated()` that render caches it from (ploomber 0.23.3);
+    tests/integration/test_compat_ploomber.py checks it against what a build runs."""
+    from ploomber.constants import TaskStatus
+
+    return task.exec_status in (TaskStatus.WaitingExecution, TaskStatus.WaitingUpstream)
+
+
 def status(project_dir: str | Path = ".") -> list[dict[str, Any]]:
     """One row per task: its name and whether the next build would run it."""
     project_dir = Path(project_dir).resolve()
     with _in(project_dir):
         dag = load_dag(project_dir)
         dag.render(show_progress=False)
-        return [
-            {"task": name, "outdated": bool(task.product._is_outdated())}
-            for name, task in dag.items()
-        ]
+        return [{"task": name, "outdated": _will_run(task)} for name, task in dag.items()]
 
 
 def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Path:
@@ -204,7 +213,7 @@ def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Pat
         dag.render(show_progress=False)
         graph = nx.DiGraph()
         for name, task in dag.items():
-            graph.add_node(name, outdated=bool(task.product._is_outdated()))
+            graph.add_node(name, outdated=_will_run(task))
             for up in task.upstream:
                 graph.add_edge(up, name)
     for layer, nodes in enumerate(nx.topological_generations(graph)):

@@ -19,8 +19,10 @@ Input conventions of `CompiledModel.predict_proba`: numeric values are numbers, 
 or NaN (missing); categorical values are str, None or NaN (missing). A missing value is
 always imputed, as it was in training.
 
-This module imports only numpy and scikit-learn (pandas only inside `verify`), so the
-serving process can import it without the training stack.
+This module imports only numpy, scikit-learn (pandas only inside `verify`) and, for the
+few private scikit-learn attributes the plan must read, `nbship.compat.sklearn_private`
+(itself numpy and scikit-learn only, version-checked by its tests), so the serving process
+can import it without the training stack.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
+
+from nbship.compat.sklearn_private import (
+    column_transformer_input_indices,
+    imputer_fit_dtype,
+    transform_output,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -348,7 +356,10 @@ def _compile_imputer(t: SimpleImputer, path: list[str], width: int) -> Any:
     if not t.keep_empty_features and any(_is_missing(v) for v in stats.tolist()):
         raise UnsupportedModel("SimpleImputer drops a column that had no values at fit time", path)
     missing = t.missing_values
-    if t._fit_dtype.kind == "O":
+    fit_dtype = imputer_fit_dtype(t)
+    if fit_dtype is None:
+        raise UnsupportedModel("cannot tell what dtype the SimpleImputer was fitted on", path)
+    if fit_dtype.kind == "O":
         if not _is_missing(missing):
             raise UnsupportedModel(
                 f"SimpleImputer(missing_values={missing!r}) is not supported (NaN/None)", path
@@ -363,7 +374,8 @@ def _compile_imputer(t: SimpleImputer, path: list[str], width: int) -> Any:
 
 
 def _compile_onehot(t: OneHotEncoder, path: list[str], width: int) -> _OneHot:
-    if getattr(t, "_infrequent_enabled", False):
+    # public: defined exactly when min_frequency or max_categories enables grouping
+    if hasattr(t, "infrequent_categories_"):
         raise UnsupportedModel("OneHotEncoder infrequent categories are not supported", path)
     if len(t.categories_) != width:
         raise UnsupportedModel(f"OneHotEncoder expects {len(t.categories_)} columns", path)
@@ -387,7 +399,12 @@ def _compile_onehot(t: OneHotEncoder, path: list[str], width: int) -> _OneHot:
         missing.append(miss)
         offsets.append(offset)
         offset += len(cats) - (dropped is not None)
-    if offset != sum(t._n_features_outs):
+    try:
+        # public: one output name per output column, after drop (and grouping)
+        encoder_width = len(t.get_feature_names_out())
+    except (TypeError, ValueError) as exc:  # e.g. a feature_name_combiner that fails
+        raise UnsupportedModel(f"cannot count the OneHotEncoder's outputs: {exc}", path) from None
+    if offset != encoder_width:
         raise UnsupportedModel("OneHotEncoder output width does not add up", path)
     return _OneHot(
         tables,
@@ -402,10 +419,9 @@ def _compile_onehot(t: OneHotEncoder, path: list[str], width: int) -> _OneHot:
 def _compile_column_transformer(
     ct: ColumnTransformer, name: str, columns: list[str]
 ) -> tuple[list[_Branch], int, list[str]]:
-    config = getattr(ct, "_sklearn_output_config", {}) or {}
-    if config.get("transform", "default") != "default":
+    if transform_output(ct) != "default":
         raise UnsupportedModel("ColumnTransformer.set_output(...) is not supported", [name])
-    indices = getattr(ct, "_transformer_to_input_indices", None)
+    indices = column_transformer_input_indices(ct)
     if indices is None:
         raise UnsupportedModel("cannot resolve the ColumnTransformer's columns", [name])
     names_in = getattr(ct, "feature_names_in_", None)
