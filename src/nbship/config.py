@@ -155,7 +155,7 @@ class ProjectConfig(Section):
     registry: UrlSettings = UrlSettings()
     model_store: UrlSettings = UrlSettings()
     prediction_log: PredictionLogSettings = PredictionLogSettings()
-    # the alert rules and sinks are checked by nbship.operate.alerts.parse_config, which
+    # the alert rules and sinks are checked by nbship.operate.alert_rules.parse_config, which
     # knows the window metrics; `nbship.cli` runs it whenever it loads the config
     monitoring: dict[str, Any] | None = None
     gates: GateSettings = GateSettings()

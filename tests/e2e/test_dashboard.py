@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser: a real registry (two versions, the second
 promoted) and a real prediction log (a few hundred requests over the last hours, some
-failed) in SQLite files, `python -m nbship.operate.dashboard` on 127.0.0.1, and Debian's
+failed) in SQLite files, `nbship dashboard` on 127.0.0.1 for a project pointed at them,
+and Debian's
 chromium driven by selenium: the page shows the champion, the charts render, the
 versions are listed, the inline refresh runs, and the console stays free of errors."""
 
@@ -23,12 +24,13 @@ from nbship.drift import reference_profile
 from nbship.pipeline.data import load_source
 from nbship.prediction_log import LogEntry, PredictionLog, count, url_for_sqlite
 from nbship.registry.versions import Registry
-from tests.support import free_port, start, stop, wait_http
+from tests.support import PROJECT, free_port, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
-MODEL = "penguins_classifier"
+NBSHIP = str(Path(sys.executable).with_name("nbship"))
+MODEL = "penguins_classifier"  # env.yaml's bento.name: the model `nbship dashboard` shows
 OLD, NEW = f"{MODEL}:v1oldaaaaaaaaaaa", f"{MODEL}:v2newbbbbbbbbbbb"
 NUMERIC = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 CATEGORICAL = ["island", "sex"]
@@ -126,7 +128,9 @@ def _log(url: str, spool: Path, penguins) -> None:
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory):
-    """The dashboard server on a free port of 127.0.0.1: yields its base URL."""
+    """`nbship dashboard` on a free port of 127.0.0.1: yields its base URL. The project
+    is the example's configuration; its registry and log are the files made here, named
+    by the same environment overrides a deployment uses."""
     tmp = tmp_path_factory.mktemp("dashboard")
     penguins = load_source("palmerpenguins")
     profile = reference_profile(penguins, NUMERIC, CATEGORICAL, target="species")
@@ -134,14 +138,18 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
     _registry(registry_url, profile)
     _log(log_url, tmp / "spool", penguins)
     (tmp / "profile.json").write_text(json.dumps(profile))
+    project = tmp / "project"
+    project.mkdir()
+    for name in ("env.yaml", "pipeline.yaml"):
+        shutil.copy2(PROJECT / name, project / name)
+    env = {"NBSHIP_REGISTRY_URL": registry_url, "NBSHIP_LOG_URL": log_url}
     port = free_port()
     cmd = [
-        sys.executable, "-m", "nbship.operate.dashboard", "--registry-url", registry_url,
-        "--log-url", log_url, "--model", MODEL, "--profile", str(tmp / "profile.json"),
+        NBSHIP, "dashboard", "--project", str(project), "--profile", str(tmp / "profile.json"),
         "--window-minutes", "30", "--period-hours", "6", "--refresh-seconds", "2",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    proc = start(cmd, tmp / "dashboard.log")
+    proc = start(cmd, tmp / "dashboard.log", env=env, cwd=project)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
         yield f"http://127.0.0.1:{port}"
@@ -311,7 +319,8 @@ def test_empty_sources_render_no_traffic_yet(tmp_path: Path) -> None:
 def test_champions_drift_reference_and_stored_alerts(tmp_path: Path) -> None:
     """Without a profile the champion's stored `drift_profile` is the reference; alerts
     in the log's database (the monitor's default store) are listed."""
-    from nbship.operate.alerts import Alert, AlertStore
+    from nbship.operate.alert_rules import Alert
+    from nbship.operate.alert_store import AlertStore
     from nbship.operate.dashboard import _live, build_summary
 
     profile = reference_profile(load_source("palmerpenguins"), NUMERIC, CATEGORICAL)

@@ -21,21 +21,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from nbship.config import ConfigError
 from nbship.drift import reference_profile
-from nbship.operate.alerts import (
-    UNKNOWN_FIELD,
-    Alert,
-    AlertStore,
-    ConfigError,
-    MonitorConfig,
-    Rule,
-    Sink,
-    evaluate,
-    failed_fields,
-    parse_config,
-    send,
-    window_metrics,
-)
+from nbship.operate.alert_rules import Alert, MonitorConfig, Rule, Sink, evaluate, parse_config
+from nbship.operate.alert_sinks import send
+from nbship.operate.alert_store import AlertStore
+from nbship.operate.windows import UNKNOWN_FIELD, failed_fields, window_metrics
 from nbship.pipeline.contract import Contract, load_suite, record_model
 from nbship.pipeline.data import load_source, split
 from nbship.prediction_log import (

@@ -13,8 +13,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from nbship.operate.alerts import AlertStore, parse_config
-from nbship.operate.monitor import SECTIONS, build_report, run_monitor, window_bounds
+from nbship.operate.alert_rules import parse_config
+from nbship.operate.alert_store import AlertStore
+from nbship.operate.monitor import SECTIONS, build_report, run_monitor
+from nbship.operate.windows import window_bounds
 from nbship.prediction_log import url_for_sqlite
 from tests.support import PROJECT
 from tests.unit.test_alerts import (

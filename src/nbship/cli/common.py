@@ -28,7 +28,7 @@ PROJECT_OPTION = click.option(
 def load_project(path: Path) -> Project:
     """The project with its env.yaml checked, the alert rules included."""
     from nbship.config import ConfigError
-    from nbship.operate.alerts import parse_config
+    from nbship.operate.alert_rules import parse_config
     from nbship.project import Project
 
     try:

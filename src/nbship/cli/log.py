@@ -116,7 +116,7 @@ def purge(project: Path, older_than_days: float) -> None:
 def monitor(project: Path, hours: float, model: str | None, output: Path | None) -> None:
     """Drift, data quality, prediction mix, latency and errors of the logged traffic:
     an HTML report, and the alert rules of env.yaml's `monitoring` checked and sent."""
-    from nbship.operate.alerts import parse_config
+    from nbship.operate.alert_rules import parse_config
     from nbship.operate.monitor import run_monitor
 
     loaded = load_project(project)  # the alert rules are checked there

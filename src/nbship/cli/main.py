@@ -100,25 +100,47 @@ def lab(ctx: click.Context, project: Path) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--window-minutes", type=float, default=5.0, show_default=True, help="Window.")
 @click.option("--period-hours", type=float, default=24.0, show_default=True, help="Period shown.")
+@click.option("--refresh-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="How often the page re-reads its numbers.")  # fmt: skip
+@click.option("--profile", "profile_file", type=click.Path(dir_okay=False, exists=True,
+              path_type=Path), default=None, help="The drift reference, a JSON file of "
+              "drift.reference_profile (default: the champion's stored one).")  # fmt: skip
+@click.option("--alert-url", default=None, help="The alert store's SQLAlchemy URL (default: "
+              "the prediction log's database, where `nbship monitor` records).")  # fmt: skip
+@click.option("--min-rows", type=click.IntRange(min=1), default=None, help="Fewest rows for "
+              "a rate, quantile or drift (default: env.yaml's monitoring.min_rows).")  # fmt: skip
 def dashboard(
-    project: Path, port: int, host: str, window_minutes: float, period_hours: float
-) -> None:
+    project: Path, port: int, host: str, window_minutes: float, period_hours: float,
+    refresh_seconds: float, profile_file: Path | None, alert_url: str | None,
+    min_rows: int | None,
+) -> None:  # fmt: skip
     """Live dashboard of the served model: versions, traffic, latency, errors, drift."""
+    import json
     from datetime import timedelta
 
-    from nbship.operate.alerts import parse_config
+    from nbship.operate.alert_rules import parse_config
     from nbship.operate.dashboard import LOCAL_HOSTS, create_app, serve_dashboard
 
     loaded = load_project(project)
     monitoring = parse_config(loaded.config.monitoring)
-    app = create_app(
-        registry_url=loaded.registry_url(), log_url=loaded.log_url(),
-        model_name=loaded.config.bento.name, profile=None,  # the champion's stored profile
-        window=timedelta(minutes=window_minutes), period=timedelta(hours=period_hours),
-        min_rows=monitoring.min_rows, psi_threshold=monitoring.psi_threshold,
-        pvalue_threshold=monitoring.pvalue_threshold,
-        allowed_hosts=LOCAL_HOSTS if host in LOCAL_HOSTS else ["*"],
-    )  # fmt: skip
+    profile = None  # the champion's stored profile
+    if profile_file is not None:
+        try:
+            profile = json.loads(profile_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--profile") from None
+    try:
+        app = create_app(
+            registry_url=loaded.registry_url(), log_url=loaded.log_url(),
+            model_name=loaded.config.bento.name, profile=profile, alert_url=alert_url,
+            window=timedelta(minutes=window_minutes), period=timedelta(hours=period_hours),
+            refresh_seconds=refresh_seconds, min_rows=min_rows or monitoring.min_rows,
+            psi_threshold=monitoring.psi_threshold,
+            pvalue_threshold=monitoring.pvalue_threshold,
+            allowed_hosts=LOCAL_HOSTS if host in LOCAL_HOSTS else ["*"],
+        )  # fmt: skip
+    except ValueError as exc:  # a bad window/period, or a profile that is not one
+        raise click.UsageError(str(exc)) from None
     serve_dashboard(app, host=host, port=port)
 
 

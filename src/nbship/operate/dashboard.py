@@ -10,9 +10,10 @@
 * `GET /fragment` the page's live part (charts and tables) alone, for the refresh;
 * `GET /healthz` "ok".
 
-The numbers are `alerts.window_metrics` of each window of the prediction log (windows
-aligned to UTC by `monitor.window_bounds`, so they are the windows the alert rules see)
-and of the whole period. Drift compares the inputs of successful requests with the
+The numbers are `windows.window_metrics` of each window of the prediction log (windows
+aligned to UTC by `windows.window_bounds`, so they are the windows the alert rules see)
+and of the whole period; the charts, the prediction mix and the alerts are the
+monitor report's (`sections`). Drift compares the inputs of successful requests with the
 training reference profile: the one given, else the `drift_profile` the pipeline stored
 with the champion in the registry.
 
@@ -21,25 +22,20 @@ is inline (it re-reads /api/summary and /fragment every `refresh_seconds`), and 
 Content-Security-Policy (meta tag and header) lets nothing load from anywhere else.
 Every text is HTML-escaped. Nothing is written: the registry, the log and the alert
 store are only read (a missing SQLite file stays missing), and a source that cannot be
-read is named on the page instead of failing it.
+read is named on the page instead of failing it. It is served by `nbship dashboard`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,14 +48,17 @@ from starlette.routing import Route
 
 from nbship.common import html_page as page
 from nbship.common.sqlite import database_file
+from nbship.common.timeutil import utc
 from nbship.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
     DEFAULT_PVALUE_THRESHOLD,
     check_profile,
 )
-from nbship.operate.alerts import ALERTS_TABLE, AlertStore, window_metrics
-from nbship.operate.monitor import drift_verdict, window_bounds
+from nbship.operate import sections
+from nbship.operate.alert_store import ALERTS_TABLE, AlertStore
+from nbship.operate.sections import Timeline, drift_verdict, when
+from nbship.operate.windows import window_bounds, window_metrics, window_row
 from nbship.prediction_log import read_log
 from nbship.registry.versions import CHAMPION, ModelVersion, Registry, RegistryError
 
@@ -82,14 +81,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-CHARTS = (
-    ("traffic", "Requests per window"),
-    ("latency", "Latency p50 / p99"),
-    ("errors", "Error rate"),
-    ("drift", "Drift (PSI) per feature"),
-)
-_OK, _FAILED, _P50, _P99 = "#4c72b0", "#9b1c1c", "#4c72b0", "#dd8452"
-_CYCLE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
 _CSS_EXTRA = """
 header p { margin: .2rem 0; }
 .overview { display: flex; flex-wrap: wrap; gap: 1rem; margin: 1rem 0; }
@@ -153,10 +144,6 @@ _SCRIPT = """
 """
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _shown_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -176,7 +163,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
-        return _utc(value).isoformat()
+        return utc(value).isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, np.generic):
@@ -259,22 +246,6 @@ def _profile(
     return None, None
 
 
-def _window_row(metrics: Mapping[str, Any], start: datetime, end: datetime) -> dict[str, Any]:
-    drift = metrics.get("drift") or {}
-    return {
-        "start": start,
-        "end": end,
-        "requests": metrics.get("requests", 0),
-        "errors": metrics.get("errors", 0),
-        "error_rate": metrics.get("error_rate"),
-        "server_error_rate": metrics.get("server_error_rate"),
-        "latency_p50_ms": metrics.get("latency_p50_ms"),
-        "latency_p99_ms": metrics.get("latency_p99_ms"),
-        "predictions": dict(metrics.get("predictions") or {}),
-        "drift_psi": {name: r["psi"] if r["enough_rows"] else None for name, r in drift.items()},
-    }
-
-
 def _drift_rows(drift: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     keys = ("kind", "n", "psi", "pvalue", "enough_rows", "drifted")
     return {name: {k: r.get(k) for k in keys} for name, r in drift.items()}
@@ -312,7 +283,7 @@ def build_summary(
     enough_rows, drifted}, drifted_count); `alerts` (Alert.to_dict() of the period, None
     when there is no alert store) and `problems` (sources that could not be read).
     Rates, quantiles and drift are None under `min_rows`, as in the alert rules."""
-    now = _utc(now or datetime.now(UTC))
+    now = utc(now or datetime.now(UTC))
     bounds = window_bounds(now - period, now, window)
     since, until = bounds[0][0], bounds[-1][1]
     problems: list[str] = []
@@ -331,7 +302,7 @@ def build_summary(
     except (SQLAlchemyError, OSError) as exc:
         problems.append(_problem("prediction log", log_url, exc))
         log = read_log("sqlite:///:memory:")  # an empty frame of the right shape
-    options = {
+    options: dict[str, Any] = {
         "min_rows": min_rows,
         "psi_threshold": psi_threshold,
         "pvalue_threshold": pvalue_threshold,
@@ -343,7 +314,7 @@ def build_summary(
         i, j = stamps.searchsorted(pd.Timestamp(start)), stamps.searchsorted(pd.Timestamp(end))
         rows = log.iloc[i:j]
         if rows.empty:
-            windows.append(_window_row({}, start, end))
+            windows.append(window_row({}, start, end))
             continue
         # drift only where it can be told from noise (under min_rows it is None anyway)
         metrics = window_metrics(
@@ -353,7 +324,7 @@ def build_summary(
             window_end=end,
             **options,
         )
-        windows.append(_window_row(metrics, start, end))
+        windows.append(window_row(metrics, start, end))
         if any(r["enough_rows"] for r in metrics["drift"].values()):
             latest_drift = {
                 "window_start": start,
@@ -449,7 +420,7 @@ def _show(value: Any, fmt: str = "") -> str:
     if fmt == "num4":
         return f"{float(value):.4f}"
     if fmt == "time":
-        return _utc(value).strftime("%H:%M:%S UTC")
+        return utc(value).strftime("%H:%M:%S UTC")
     return str(value)
 
 
@@ -461,10 +432,6 @@ def _field(path: str, value: Any, fmt: str = "", tag: str = "span") -> str:
     return f"<{tag} {attrs}>{page.escape(_show(value, fmt))}</{tag}>"
 
 
-def _when(value: datetime | None) -> str:
-    return "—" if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _span(value: timedelta) -> str:
     seconds = value.total_seconds()
     for unit, size in (("h", 3600), ("min", 60), ("s", 1)):
@@ -473,97 +440,23 @@ def _span(value: timedelta) -> str:
     return f"{seconds:g} s"
 
 
-def _time_chart(
-    name: str,
-    summary: Mapping[str, Any],
-    draw_axes: Callable[[Axes, list[datetime]], None],
-    caption: str | None = None,
-) -> str:
-    """One chart over the period's windows (x: the windows' midpoints, UTC)."""
-    import matplotlib.dates as mdates
-
-    windows = summary["windows"]
-    half = timedelta(seconds=summary["window_seconds"]) / 2
-    x = [(_utc(w["start"]) + half).replace(tzinfo=None) for w in windows]
-    since = _utc(summary["period"]["since"]).replace(tzinfo=None)
-    until = _utc(summary["period"]["until"]).replace(tzinfo=None)
-    title = dict(CHARTS)[name]
-
-    def draw(fig: Figure) -> None:
-        ax = fig.add_subplot()
-        draw_axes(ax, x)
-        ax.set_xlim(since, until)
-        locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            fig.legend(loc="outside right upper")
-
-    svg = page.svg(f"chart-{name}", title, (7.0, 2.4), draw)
-    text = f"<figcaption>{page.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure class="chart" data-chart="{page.escape(name)}">{svg}{text}</figure>'
-
-
-def _series(values: Sequence[Any]) -> np.ndarray:
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
-def _charts(summary: Mapping[str, Any], psi_threshold: float) -> list[str]:
-    windows = summary["windows"]
-    width = timedelta(seconds=summary["window_seconds"]) / 1.25
-
-    def traffic(ax: Axes, x: list[datetime]) -> None:
-        ok = [w["requests"] - w["errors"] for w in windows]
-        failed = [w["errors"] for w in windows]
-        ax.bar(x, ok, width=width, color=_OK, label="answered")
-        ax.bar(x, failed, width=width, bottom=ok, color=_FAILED, label="failed")
-        ax.set_ylabel("requests")
-
-    def latency(ax: Axes, x: list[datetime]) -> None:
-        for key, label, color in (("latency_p50_ms", "p50", _P50), ("latency_p99_ms", "p99", _P99)):
-            values = _series([w[key] for w in windows])
-            ax.plot(x, values, marker="o", markersize=3, color=color, label=label)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("ms")
-
-    def errors(ax: Axes, x: list[datetime]) -> None:
-        ax.plot(x, _series([w["error_rate"] for w in windows]), marker="o", markersize=3,
-                color=_FAILED, label="all errors")  # fmt: skip
-        ax.plot(x, _series([w["server_error_rate"] for w in windows]), marker="s",
-                markersize=3, color="#8172b3", label="5xx")  # fmt: skip
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("share of requests")
-
-    features = list(summary["drift"]["period"])
-
-    def drift(ax: Axes, x: list[datetime]) -> None:
-        for i, name in enumerate(features):
-            values = _series([w["drift_psi"].get(name) for w in windows])
-            ax.plot(x, values, marker="o", markersize=3, color=_CYCLE[i % len(_CYCLE)],
-                    label=name)  # fmt: skip
-        ax.axhline(psi_threshold, color=_FAILED, linestyle="--", linewidth=1)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("PSI")
-
-    draws: dict[str, Callable[[Axes, list[datetime]], None]] = {
-        "traffic": traffic,
-        "latency": latency,
-        "errors": errors,
-    }
-    if features:
-        draws["drift"] = drift
-    few = summary["min_rows"]
-    captions = {
-        "latency": f"successful requests; windows with fewer than {few} are left out",
-        "errors": f"windows with fewer than {few} requests are left out",
-        "drift": f"windows with fewer than {few} rows are left out; dashed: the threshold",
-    }
-    return [
-        _time_chart(name, summary, draws[name], captions.get(name))
-        for name, _ in CHARTS
-        if name in draws
+def _charts(summary: Mapping[str, Any], psi_threshold: float) -> list[page.Html]:
+    """The charts over the period's windows; drift only when there is a reference."""
+    timeline = Timeline(
+        rows=summary["windows"],
+        since=summary["period"]["since"],
+        until=summary["period"]["until"],
+        window=timedelta(seconds=summary["window_seconds"]),
+        min_rows=summary["min_rows"],
+    )
+    charts = [
+        sections.traffic_chart(timeline),
+        sections.latency_chart(timeline),
+        sections.errors_chart(timeline),
     ]
+    if features := list(summary["drift"]["period"]):
+        charts.append(sections.drift_chart(timeline, features, psi_threshold))
+    return charts
 
 
 def _versions_section(summary: Mapping[str, Any]) -> str:
@@ -588,7 +481,7 @@ def _versions_section(summary: Mapping[str, Any]) -> str:
             (
                 page.Html(f"<code>{page.escape(v['tag'])}</code>"),
                 aliases,
-                _when(v["created_at"]),
+                when(v["created_at"]),
                 v["candidate"],
                 shown,
                 gates,
@@ -599,33 +492,14 @@ def _versions_section(summary: Mapping[str, Any]) -> str:
     return page.table(header, rows, table_id="versions")
 
 
-def _mix_section(summary: Mapping[str, Any]) -> str:
-    predictions = summary["period"]["predictions"]
-    training = summary["period"]["training_classes"]
-    labels = list(dict.fromkeys([*training, *predictions]))
-    total = sum(predictions.values())
-    if not total:
-        return page.note("No predictions in the period.")
-    rows = [
-        (
-            label,
-            predictions.get(label, 0),
-            _show(predictions.get(label, 0) / total, "pct"),
-            _show(training.get(label), "pct"),
-        )
-        for label in labels
-    ]
-    return page.table(("class", "predictions", "share", "share in training"), rows, table_id="mix")
-
-
 def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
     drift = summary["drift"]
     if drift["source"] is None:
         return page.note("No training reference profile: drift is not computed.")
     latest = drift["latest"]
     note = (
-        f"Newest window with at least {min_rows} rows: {_when(latest['window_start'])} to "
-        f"{_when(latest['window_end'])}."
+        f"Newest window with at least {min_rows} rows: {when(latest['window_start'])} to "
+        f"{when(latest['window_end'])}."
         if latest
         else f"No window has {min_rows} rows yet."
     )
@@ -652,20 +526,7 @@ def _alerts_section(summary: Mapping[str, Any]) -> str:
     alerts = summary["alerts"]
     if alerts is None:
         return page.note("No alert store yet (`nbship monitor` records alerts).")
-    if not alerts:
-        return f"<p>{page.badge('no alerts in the period', 'pass')}</p>"
-    rows = [
-        (
-            page.Html(page.badge(a["rule"], "fail")),
-            a["metric"],
-            a["value"],
-            f"{a['op']} {a['threshold']:g}",
-            a["window_start"] or "—",
-        )
-        for a in alerts
-    ]
-    header = ("rule", "metric", "value", "threshold", "window start")
-    return page.table(header, rows, table_id="alerts")
+    return sections.alerts_table(alerts, table_id="alerts")
 
 
 def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
@@ -683,7 +544,9 @@ def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
             "period.</p>"
         )
     parts.append(page.section("versions-section", "Model versions", _versions_section(summary)))
-    parts.append(page.section("mix-section", "Prediction mix", _mix_section(summary)))
+    period = summary["period"]
+    mix = sections.mix_table(period["predictions"], period["training_classes"], table_id="mix")
+    parts.append(page.section("mix-section", "Prediction mix", mix))
     parts.append(
         page.section(
             "drift-section", "Drift per feature", _drift_section(summary, summary["min_rows"])
@@ -861,67 +724,3 @@ def serve_dashboard(app: Starlette, host: str = DEFAULT_HOST, port: int = DEFAUL
 
     print(f"nbship dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m nbship.operate.dashboard --registry-url URL --log-url URL --model NAME ...`"""
-    parser = argparse.ArgumentParser(
-        prog="python -m nbship.operate.dashboard", description="Serve the nbship dashboard."
-    )
-    parser.add_argument("--registry-url", required=True, help="the registry's SQLAlchemy URL")
-    parser.add_argument("--log-url", required=True, help="the prediction log's SQLAlchemy URL")
-    parser.add_argument("--model", required=True, help="the model name (the bento's name)")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="a JSON file of drift.reference_profile (default: the champion's)",
-    )
-    parser.add_argument("--alert-url", default=None, help="the alert store (default: the log)")
-    parser.add_argument(
-        "--window-minutes", type=float, default=5.0, help="window length (default: %(default)g)"
-    )
-    parser.add_argument(
-        "--period-hours", type=float, default=24.0, help="period shown (default: %(default)g)"
-    )
-    parser.add_argument(
-        "--refresh-seconds",
-        type=float,
-        default=DEFAULT_REFRESH_SECONDS,
-        help="how often the page re-reads its numbers (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--min-rows",
-        type=int,
-        default=DEFAULT_MIN_ROWS,
-        help="fewest rows for a rate, quantile or drift (default: %(default)s)",
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
-    args = parser.parse_args(argv)
-    profile = None
-    if args.profile is not None:
-        try:
-            profile = json.loads(args.profile.read_text())
-        except (OSError, ValueError) as exc:
-            parser.error(f"--profile {args.profile}: {exc}")
-    try:
-        app = create_app(
-            registry_url=args.registry_url,
-            log_url=args.log_url,
-            model_name=args.model,
-            profile=profile,
-            window=timedelta(minutes=args.window_minutes),
-            period=timedelta(hours=args.period_hours),
-            refresh_seconds=args.refresh_seconds,
-            alert_url=args.alert_url,
-            min_rows=args.min_rows,
-            allowed_hosts=LOCAL_HOSTS if args.host in LOCAL_HOSTS else ["*"],
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    serve_dashboard(app, args.host, args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,35 +1,38 @@
 """The monitor: live traffic of a period, window by window, against the training data.
 
 `run_monitor` reads the prediction log for a period, computes each window's metrics
-(`alerts.window_metrics`), checks the alert rules, records the alerts that fired (once
-per rule and window) and sends the new ones to the sinks, then writes the report.
+(`windows.window_metrics`), checks the alert rules (`alert_rules.evaluate`), records the
+alerts that fired (`alert_store`, once per rule and window) and sends the new ones to
+the sinks (`alert_sinks`), then writes the report.
 `build_report` makes the report alone: one self-contained HTML page with a summary,
 the live distribution of every feature against the training reference, drift (PSI) per
 feature over time, the prediction mix, latency and error rate over time, the results of
-the expectations suite on the period's inputs, and the alerts of the period.
+the expectations suite on the period's inputs, and the alerts of the period. What the
+dashboard shows too (the charts over time, the prediction mix, the alerts) is rendered
+by `sections` for both pages; the rest is the report's own.
 
-Windows are aligned to UTC (hourly windows start on the hour), and the period is widened
-to whole windows, so two runs over overlapping periods see the same windows and an
-alert is recorded once. Pictures are matplotlib SVG inlined as in the model cards: no
+Windows are aligned to UTC (`windows.window_bounds`), and the period is widened to
+whole windows, so two runs over overlapping periods see the same windows and an alert
+is recorded once. Pictures are matplotlib SVG inlined as in the model cards: no
 scripts, nothing fetched, every text escaped.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from nbship.common import html_page as page
 from nbship.common.artifacts import atomic_path
+from nbship.common.timeutil import EPOCH
 from nbship.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
@@ -38,20 +41,14 @@ from nbship.drift import (
     OTHER,
     check_profile,
 )
-from nbship.operate.alerts import (
-    Alert,
-    AlertStore,
-    Delivery,
-    MonitorConfig,
-    Rule,
-    evaluate,
-    parse_config,
-    send,
-    window_metrics,
-)
+from nbship.operate import sections
+from nbship.operate.alert_rules import Alert, MonitorConfig, Rule, evaluate, parse_config
+from nbship.operate.alert_sinks import Delivery, send
+from nbship.operate.alert_store import AlertStore
+from nbship.operate.sections import LIVE, TRAINING, Timeline, drift_verdict, pct, when
+from nbship.operate.windows import window_bounds, window_metrics, window_row
 from nbship.prediction_log import read_log
 
-MAX_WINDOWS = 2000  # beyond this a report is unreadable and slow: use longer windows
 SECTIONS = (
     ("summary", "Summary"),
     ("alerts", "Alerts"),
@@ -62,40 +59,7 @@ SECTIONS = (
     ("errors", "Errors over time"),
     ("quality", "Data quality"),
 )
-_LIVE, _TRAIN, _LIMIT = "#dd8452", "#4c72b0", "#9b1c1c"
-_CYCLE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
 _CSS_EXTRA = "td.drifted { background: #fbdcdc; font-weight: 600; }"
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def drift_verdict(result: Mapping[str, Any]) -> page.Html:
-    """A feature's drift verdict as a badge: drifted, ok, or too few rows to say."""
-    if result["drifted"]:
-        return page.badge("drifted", "fail")
-    if result["enough_rows"]:
-        return page.badge("ok", "pass")
-    return page.badge("too few rows", "none")
-
-
-def window_bounds(
-    since: datetime, until: datetime, window: timedelta
-) -> list[tuple[datetime, datetime]]:
-    """The windows [start, end) covering [since, until), aligned to multiples of `window`
-    since the Unix epoch (UTC): the same windows whatever the period."""
-    if window <= timedelta(0):
-        raise ValueError("the window must be positive")
-    since, until = _utc(since), _utc(until)
-    if until <= since:
-        raise ValueError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    start = epoch + window * math.floor((since - epoch) / window)
-    count = math.ceil((until - start) / window)
-    if count > MAX_WINDOWS:
-        raise ValueError(f"{count} windows of {window} in the period: at most {MAX_WINDOWS}")
-    return [(start + window * i, start + window * (i + 1)) for i in range(count)]
 
 
 @dataclass
@@ -113,6 +77,12 @@ class _Analysis:
     rules: Sequence[Rule] = ()
     alerts: list[Alert] = field(default_factory=list)
     suite_path: str | Path | None = None
+
+    @cached_property
+    def timeline(self) -> Timeline:
+        """The windows as the shared charts (`sections`) draw them."""
+        rows = [window_row(m, m["window_start"], m["window_end"]) for m in self.windows]
+        return Timeline(rows, self.since, self.until, self.window, self.min_rows, self.rules)
 
 
 def _analyse(
@@ -133,7 +103,7 @@ def _analyse(
     bounds = window_bounds(since, until, window)
     start, end = bounds[0][0], bounds[-1][1]
     log = read_log(log_url, since=start, until=end)
-    options = {
+    options: dict[str, Any] = {
         "min_rows": min_rows,
         "psi_threshold": psi_threshold,
         "pvalue_threshold": pvalue_threshold,
@@ -173,75 +143,7 @@ def _merge(*groups: Sequence[Alert]) -> list[Alert]:
     for group in groups:
         for alert in group:
             seen.setdefault((alert.rule, alert.window_start, alert.window_end), alert)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return sorted(seen.values(), key=lambda a: (a.window_start or epoch, a.rule))
-
-
-# rendering helpers --------------------------------------------------------------------------
-
-
-def _when(value: datetime | None) -> str:
-    return "—" if value is None else _utc(value).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _x(analysis: _Analysis) -> list[datetime]:
-    """The windows' midpoints as naive UTC times (matplotlib's date axis)."""
-    half = analysis.window / 2
-    return [(_utc(m["window_start"]) + half).replace(tzinfo=None) for m in analysis.windows]
-
-
-def _time_axis(ax: Axes) -> None:
-    import matplotlib.dates as mdates
-
-    locator = mdates.AutoDateLocator(maxticks=8)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.set_xlabel("window (UTC)")
-
-
-def _series(values: Sequence[Any]) -> np.ndarray:
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
-def _time_figure(
-    analysis: _Analysis,
-    fig_id: str,
-    label: str,
-    draw_axes: Callable[[Axes], None],
-    caption: str,
-) -> page.Html:
-    """A figure over the period's windows (the whole period on the time axis, empty
-    windows included)."""
-
-    def draw(fig: Figure) -> None:
-        ax = fig.add_subplot()
-        draw_axes(ax)
-        ax.set_xlim(analysis.since.replace(tzinfo=None), analysis.until.replace(tzinfo=None))
-        _time_axis(ax)
-        if ax.get_legend_handles_labels()[0]:
-            fig.legend(loc="outside right upper")
-
-    return page.figure(fig_id, page.svg(fig_id, label, (7.2, 2.6), draw), caption)
-
-
-def _rule_lines(ax: Axes, analysis: _Analysis, metrics: Sequence[str]) -> None:
-    """The thresholds of the rules on `metrics`, as dotted lines."""
-    for rule in analysis.rules:
-        if rule.metric in metrics:
-            ax.axhline(rule.threshold, color=_LIMIT, linestyle=":", linewidth=1)
-            ax.annotate(
-                f"rule {rule.name}",
-                (1, rule.threshold),
-                xycoords=("axes fraction", "data"),
-                ha="right",
-                va="bottom",
-                fontsize=6,
-                color=_LIMIT,
-            )
-
-
-def _pct(value: Any) -> Any:
-    return None if value is None else page.Num(page.escape(f"{100 * float(value):.1f}%"))
+    return sorted(seen.values(), key=lambda a: (a.window_start or EPOCH, a.rule))
 
 
 # sections -----------------------------------------------------------------------------------
@@ -254,13 +156,13 @@ def _summary(analysis: _Analysis) -> list[str]:
     parts: list[str] = [
         page.kv(
             [
-                ("period (whole windows)", f"{_when(analysis.since)} to {_when(analysis.until)}"),
+                ("period (whole windows)", f"{when(analysis.since)} to {when(analysis.until)}"),
                 ("window", str(analysis.window)),
                 ("windows", len(analysis.windows)),
                 ("requests", p["requests"]),
                 ("records predicted", p["records"]),
                 ("errors", p["errors"]),
-                ("error rate", _pct(p["errors"] / p["requests"]) if p["requests"] else None),
+                ("error rate", pct(p["errors"] / p["requests"]) if p["requests"] else None),
                 ("rejected as invalid (4xx)", p["validation_failures"]),
                 ("server errors (5xx)", p["server_errors"]),
                 ("latency p50 / p99 (ms)", _latency_text(p)),
@@ -278,7 +180,7 @@ def _summary(analysis: _Analysis) -> list[str]:
     if p["models"]:
         rows = sorted(p["models"].items(), key=lambda kv: -kv[1])
         parts.append(page.table(("model", "requests"), rows, caption="Models that answered"))
-    parts.append(_requests_figure(analysis))
+    parts.append(sections.traffic_chart(analysis.timeline))
     if analysis.profile is None:
         parts.append(page.note("No training reference profile: drift is not computed."))
     return parts
@@ -289,23 +191,6 @@ def _latency_text(metrics: Mapping[str, Any]) -> str | None:
     return None if p50 is None else f"{page.fmt(p50)} / {page.fmt(p99)}"
 
 
-def _requests_figure(analysis: _Analysis) -> page.Html:
-    x = _x(analysis)
-    width = analysis.window / 1.25
-
-    def draw(ax: Axes) -> None:
-        ok = [m["requests"] - m["errors"] for m in analysis.windows]
-        errors = [m["errors"] for m in analysis.windows]
-        ax.bar(x, ok, width=width, color=_TRAIN, label="answered")
-        ax.bar(x, errors, width=width, bottom=ok, color=_LIMIT, label="failed")
-        ax.set_ylabel("requests")
-        ax.set_title("Requests per window")
-
-    return _time_figure(
-        analysis, "fig-requests", "requests per window", draw, "requests per window"
-    )
-
-
 def _alerts_section(analysis: _Analysis) -> list[str]:
     parts: list[str] = []
     if analysis.rules:
@@ -313,27 +198,7 @@ def _alerts_section(analysis: _Analysis) -> list[str]:
         parts.append(page.table(("rule", "metric", "fires when"), rows, caption="Rules"))
     else:
         parts.append(page.note("No alert rules configured."))
-    if not analysis.alerts:
-        parts.append(page.Html(f"<p>{page.badge('no alerts in the period', 'pass')}</p>"))
-        return parts
-    rows = [
-        (
-            page.badge(a.rule, "fail"),
-            a.metric,
-            a.value,
-            f"{a.op} {a.threshold:g}",
-            f"{_when(a.window_start)} to {_when(a.window_end)}",
-            _when(a.created_at),
-        )
-        for a in analysis.alerts
-    ]
-    parts.append(
-        page.table(
-            ("rule", "metric", "value", "threshold", "window", "recorded"),
-            rows,
-            caption=f"{len(analysis.alerts)} alert(s)",
-        )
-    )
+    parts.append(sections.alerts_table([a.to_dict() for a in analysis.alerts]))
     return parts
 
 
@@ -374,8 +239,8 @@ def _distribution_figure(
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         x = np.arange(len(groups))
-        ax.bar(x - 0.2, train, 0.4, color=_TRAIN, label="training")
-        ax.bar(x + 0.2, shown, 0.4, color=_LIVE, label=f"live ({n} rows)")
+        ax.bar(x - 0.2, train, 0.4, color=TRAINING, label="training")
+        ax.bar(x + 0.2, shown, 0.4, color=LIVE, label=f"live ({n} rows)")
         rotate = reference["kind"] == "numeric" or len(groups) > 5
         ax.set_xticks(x, groups, rotation=40 if rotate else 0, ha="right" if rotate else "center")
         ax.set_ylabel("share of rows")
@@ -396,7 +261,7 @@ def _drift_table(drift: Mapping[str, Mapping[str, Any]]) -> page.Html:
             else f"chi² p={page.fmt(r.get('chi2_pvalue'), 3)}"
         )
         rows.append(
-            (name, r["kind"], r["n"], _pct(r["missing_share"]), r["psi"], test, drift_verdict(r))
+            (name, r["kind"], r["n"], pct(r["missing_share"]), r["psi"], test, drift_verdict(r))
         )
     header = ("feature", "kind", "live rows", "missing", "PSI", "test", "verdict")
     return page.table(header, rows)
@@ -425,24 +290,10 @@ def _drift_section(analysis: _Analysis) -> list[str]:
     if analysis.profile is None:
         return [page.note("No training reference profile given.")]
     names = list(analysis.profile["features"])
-    x = _x(analysis)
-
-    def draw(ax: Axes) -> None:
-        for i, name in enumerate(names):
-            psi = _series([m["drift"][name]["psi"] for m in analysis.windows])
-            enough = [m["drift"][name]["enough_rows"] for m in analysis.windows]
-            psi[~np.asarray(enough, dtype=bool)] = np.nan  # noise, not drift
-            ax.plot(x, psi, marker="o", markersize=3, color=_CYCLE[i % len(_CYCLE)], label=name)
-        ax.axhline(analysis.psi_threshold, color=_LIMIT, linestyle="--", linewidth=1)
-        ax.set_ylabel("PSI")
-        ax.set_title("PSI per feature and window (dashed: the drift threshold)")
-
-    figure = _time_figure(
-        analysis, "fig-drift", "PSI per feature over time", draw, _rows_caption(analysis)
-    )
+    figure = sections.drift_chart(analysis.timeline, names, analysis.psi_threshold)
     rows = []
     for m in analysis.windows:
-        cells: list[Any] = [_when(m["window_start"]), m["records"]]
+        cells: list[Any] = [when(m["window_start"]), m["records"]]
         for name in names:
             r = m["drift"][name]
             text = page.escape(page.fmt(r["psi"], 3)) if r["enough_rows"] else "—"
@@ -451,10 +302,6 @@ def _drift_section(analysis: _Analysis) -> list[str]:
         rows.append(cells)
     table = _cell_table(("window", "rows", *names), rows, "PSI per window (flagged in red)")
     return [figure, f"<details><summary>PSI per window</summary>{table}</details>"]
-
-
-def _rows_caption(analysis: _Analysis) -> str:
-    return f"windows with fewer than {analysis.min_rows} rows are left out"
 
 
 class _Cell:
@@ -482,81 +329,21 @@ def _cell_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
 
 
 def _mix_section(analysis: _Analysis) -> list[str]:
-    classes = list((analysis.profile or {}).get("classes", {}))
-    for m in analysis.windows:
-        classes += [c for c in m["predictions"] if c not in classes]
+    training = (analysis.profile or {}).get("classes", {})
+    predictions = analysis.period["predictions"]
+    classes = sections.mix_classes(predictions, training)
     if not classes:
         return [page.note("No predictions in the period.")]
-    x = _x(analysis)
-    width = analysis.window / 1.25
-
-    def draw(ax: Axes) -> None:
-        bottom = np.zeros(len(x))
-        for i, label in enumerate(classes):
-            shares = []
-            for m in analysis.windows:
-                total = sum(m["predictions"].values())
-                shares.append(m["predictions"].get(label, 0) / total if total else 0.0)
-            color = _CYCLE[i % len(_CYCLE)]
-            ax.bar(x, shares, width=width, bottom=bottom, color=color, label=label)
-            bottom += np.asarray(shares)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("share of predictions")
-        ax.set_title("Predicted classes per window")
-
-    figure = _time_figure(analysis, "fig-mix", "prediction mix over time", draw, "stacked shares")
-    train = (analysis.profile or {}).get("classes", {})
-    total = sum(analysis.period["predictions"].values())
-    rows = [
-        (
-            label,
-            analysis.period["predictions"].get(label, 0),
-            _pct(analysis.period["predictions"].get(label, 0) / total) if total else None,
-            _pct(train[label]) if label in train else None,
-        )
-        for label in classes
-    ]
-    header = ("class", "predictions", "share in the period", "share in training")
-    return [figure, page.table(header, rows)]
+    figure = sections.mix_chart(analysis.timeline, classes)
+    return [figure, sections.mix_table(predictions, training)]
 
 
 def _latency_section(analysis: _Analysis) -> list[str]:
-    x = _x(analysis)
-
-    def draw(ax: Axes) -> None:
-        for key, label, color in (
-            ("latency_p50_ms", "p50", _TRAIN),
-            ("latency_p99_ms", "p99", _LIVE),
-        ):
-            values = _series([m[key] for m in analysis.windows])
-            ax.plot(x, values, marker="o", markersize=3, color=color, label=label)
-        _rule_lines(ax, analysis, ("latency_p50_ms", "latency_p99_ms"))
-        ax.set_ylabel("ms")
-        ax.set_title("Latency of successful requests")
-
-    return [
-        _time_figure(
-            analysis, "fig-latency", "latency p50 and p99 over time", draw, _rows_caption(analysis)
-        )
-    ]
+    return [sections.latency_chart(analysis.timeline)]
 
 
 def _errors_section(analysis: _Analysis) -> list[str]:
-    x = _x(analysis)
-
-    def draw(ax: Axes) -> None:
-        rates = _series([m["error_rate"] for m in analysis.windows])
-        server = _series([m["server_error_rate"] for m in analysis.windows])
-        ax.plot(x, rates, marker="o", markersize=3, color=_LIMIT, label="all errors")
-        ax.plot(x, server, marker="s", markersize=3, color="#8172b3", label="5xx")
-        _rule_lines(ax, analysis, ("error_rate", "server_error_rate"))
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("share of requests")
-        ax.set_title("Error rate")
-
-    parts: list[str] = [
-        _time_figure(analysis, "fig-errors", "error rate over time", draw, _rows_caption(analysis))
-    ]
+    parts: list[str] = [sections.errors_chart(analysis.timeline)]
     fields = analysis.period["validation_fields"]
     if fields:
         rows = sorted(fields.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -623,7 +410,7 @@ def _render(analysis: _Analysis, title: str) -> str:
         if analysis.alerts
         else page.badge("no alerts", "pass")
     )
-    period = f"{page.escape(_when(analysis.since))} to {page.escape(_when(analysis.until))}"
+    period = f"{page.escape(when(analysis.since))} to {page.escape(when(analysis.until))}"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from nbship.common.timeutil import utc as _utc
 from nbship.prediction_log.schema import _LIMITS
 
 # entry kinds besides "predict": POST /feedback's labels, POST /admin/retrain's requests
@@ -160,11 +161,6 @@ def _encode(e: LogEntry) -> list[bytes]:
 
 
 # decoding (background thread) -----------------------------------------------------------
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite keeps no offset: every stored time is UTC
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _opt(value: Any) -> str | None:

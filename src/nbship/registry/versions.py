@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nbship.common.sqlite import sqlite_engine, writer
+from nbship.common.timeutil import utc as _utc
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -158,11 +159,6 @@ def split_tag(tag: str) -> tuple[str, str]:
     if not sep or not name or not version or ":" in version:
         raise RegistryError(f"not a model tag: {tag!r} (expected name:version)")
     return name, version
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite keeps no offset: every stored time is UTC
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _jsonable(value: Any) -> Any:
