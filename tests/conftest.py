@@ -1,5 +1,6 @@
-"""Session fixtures: one real pipeline build of a sample project in a temp folder,
-shared by the integration and e2e tests (the build is the slow part)."""
+"""Session fixtures: one real pipeline build of a sample project in a temp folder, and
+one more build of a worse model on a copy of it, shared by the integration and e2e tests
+(builds are the slow part; a test that changes a project changes a copy of it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,25 @@ class Project:
         return self.summary
 
 
+@dataclass(frozen=True)
+class WorseBuild:
+    """A built project that then built a worse model (`Project.build_worse_model`): its
+    registry holds the first build's champion and the refused challenger, and the
+    champion's bento is still the published one."""
+
+    project: Project
+    champion: dict  # the first build's package summary
+    challenger: dict  # the worse build's package summary (project.summary)
+    published: Path  # the champion's bento folder, published before the worse build
+
+    def copy_to(self, dest: Path) -> WorseBuild:
+        """A copy that a test may change (promote, rollback, card, ...): copying is cheap,
+        building is not. It shares the BentoML home, as `Project.copy_to`."""
+        project = self.project.copy_to(dest)
+        published = project.path / self.published.relative_to(self.project.path.resolve())
+        return replace(self, project=project, published=published)
+
+
 def copy_project(dest: Path, bentoml_home: Path) -> Project:
     copy_sources(dest)
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
@@ -108,6 +128,18 @@ def built_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) 
     result = project.run("build")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
+
+
+@pytest.fixture(scope="session")
+def worse_build(built_project: Project, tmp_path_factory: pytest.TempPathFactory) -> WorseBuild:
+    """A copy of `built_project` that built a worse model, once per session. Read it only:
+    a test that changes it (the registry, the published bento, its files) takes
+    `worse_build.copy_to(...)`."""
+    project = built_project.copy_to(tmp_path_factory.mktemp("worse") / "project")
+    champion = project.summary
+    published = project.bento.resolve()
+    challenger = project.build_worse_model()
+    return WorseBuild(project, champion=champion, challenger=challenger, published=published)
 
 
 @pytest.fixture(scope="session")

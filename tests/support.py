@@ -204,3 +204,63 @@ def postgres_schema(base_url: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+# A tiny two-notebook Ploomber project, for the tests of the seam (`nbship.pipeline.dag`).
+# b is declared before a: the order of tasks in the spec is not the dependency order
+DAG_PIPELINE_YAML = """\
+tasks:
+  - source: notebooks/b.py
+    name: b
+    executor: ploomber-engine
+    executor_params: {progress_bar: false}
+    product:
+      nb: "{{root}}/b.ipynb"
+      data: "{{root}}/b.txt"
+  - source: notebooks/a.py
+    name: a
+    executor: ploomber-engine
+    executor_params: {progress_bar: false}
+    product:
+      nb: "{{root}}/a.ipynb"
+      data: "{{root}}/a.txt"
+"""
+
+DAG_ENV_YAML = """\
+root: build
+bentos: bentos
+bento: {name: x}
+"""
+
+DAG_NOTEBOOK_A = """\
+# %% tags=["parameters"]
+upstream = None
+product = None
+
+# %%
+from pathlib import Path
+
+Path(product["data"]).write_text("hello from a")
+"""
+
+DAG_NOTEBOOK_B = """\
+# %% tags=["parameters"]
+upstream = ["a"]
+product = None
+
+# %%
+from pathlib import Path
+
+text = Path(upstream["a"]["data"]).read_text()
+Path(product["data"]).write_text(text.upper())
+"""
+
+
+def write_dag_project(root: Path) -> Path:
+    """The tiny project's sources in `root` (created), nothing built; returns `root`."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pipeline.yaml").write_text(DAG_PIPELINE_YAML)
+    (root / "env.yaml").write_text(DAG_ENV_YAML)
+    (root / "notebooks" / "a.py").write_text(DAG_NOTEBOOK_A)
+    (root / "notebooks" / "b.py").write_text(DAG_NOTEBOOK_B)
+    return root

@@ -191,9 +191,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(
-    error: Mapping[str, Any], section: type[BaseModel], skip: int = 0
-) -> tuple[str, str]:
+def _message(error: Mapping[str, Any], section: type[BaseModel], skip: int = 0) -> tuple[str, str]:
     """(the key's path, what is wrong with it)"""
     loc = tuple(error["loc"])
     where = _path(loc)

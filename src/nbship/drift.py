@@ -106,6 +106,7 @@ def _bin_index(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
 def _numeric_profile(values: np.ndarray, bins: int, sample: int, seed: int) -> dict[str, Any]:
     present = values[~np.isnan(values)]
     n = len(values)
+    summary: dict[str, float | None]
     if present.size:
         quantiles = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])
         # ties (integer grams, whole millimetres) collapse edges: keep each once
@@ -135,7 +136,7 @@ def _numeric_profile(values: np.ndarray, bins: int, sample: int, seed: int) -> d
     }
 
 
-def _categorical_profile(values: list[str | None]) -> dict[str, Any]:
+def _categorical_profile(values: Sequence[str | None]) -> dict[str, Any]:
     n = len(values)
     present = [v for v in values if v is not None]
     counts: dict[str, int] = {}

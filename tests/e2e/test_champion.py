@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from nbship.registry.model_store import archive_uri
-from tests.conftest import Project
+from tests.conftest import Project, WorseBuild
 from tests.support import free_port, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
@@ -29,16 +29,14 @@ RECORD = {
 
 
 @pytest.fixture(scope="module")
-def two_champions(built_project: Project, tmp_path_factory: pytest.TempPathFactory):
+def two_champions(worse_build: WorseBuild, tmp_path_factory: pytest.TempPathFactory):
     """A copy of the project whose champion was then replaced (forced) by a baseline
     model; returns the project, the first bento's folder and both model tags."""
-    project = built_project.copy_to(tmp_path_factory.mktemp("champions") / "project")
-    first = project.summary
-    old_bento = project.bento.resolve()
-    second = project.build_worse_model()
+    build = worse_build.copy_to(tmp_path_factory.mktemp("champions") / "project")
+    project, first, second = build.project, build.champion, build.challenger
     forced = project.run("models", "promote", second["model_tag"], "-r", "test", "--force")
     assert forced.returncode == 0, forced.stderr
-    return project, old_bento, first["model_tag"], second["model_tag"]
+    return project, build.published, first["model_tag"], second["model_tag"]
 
 
 def _serve(bento: Path, project: Project, tmp: Path) -> tuple[str, object, Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Project
+from tests.conftest import WorseBuild
 from tests.support import free_port, info, load_until, start, stop, wait_for_tag, wait_http
 
 pytestmark = pytest.mark.e2e
@@ -23,11 +23,10 @@ RECORD = {"island": "Biscoe", "bill_length_mm": 45.2, "bill_depth_mm": 15.1,
           "flipper_length_mm": 215, "body_mass_g": 5200, "sex": "male"}  # fmt: skip
 
 
-def test_the_server_follows_the_champion(built_project: Project, tmp_path: Path):
-    project = built_project.copy_to(tmp_path / "project")
-    first = project.summary["model_tag"]
-    bento = project.bento.resolve()
-    second = project.build_worse_model()["model_tag"]
+def test_the_server_follows_the_champion(worse_build: WorseBuild, tmp_path: Path):
+    build = worse_build.copy_to(tmp_path / "project")
+    project, bento = build.project, build.published
+    first, second = build.champion["model_tag"], build.challenger["model_tag"]
     assert second != first  # registered as challenger; the gates kept it from champion
 
     port = free_port()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from nbship.registry.versions import Registry
-from tests.conftest import Project
+from tests.conftest import Project, WorseBuild
 
 pytestmark = pytest.mark.integration
 
@@ -27,38 +27,32 @@ def test_first_run_registers_the_champion_with_its_metadata(built_project: Proje
     assert event.tag == champion.tag and event.actor and event.reason
 
 
-def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(
-    tmp_path, built_project: Project
-):
-    project = built_project.copy_to(tmp_path / "copy")
-    published = project.bento.resolve()
-    champion_before = _registry(project).alias("penguins_classifier", "champion")
-
-    summary = project.build_worse_model()
+def test_a_worse_challenger_is_recorded_but_not_promoted_or_published(worse_build: WorseBuild):
+    project, summary = worse_build.project, worse_build.challenger
 
     assert summary["promoted"] is False
     assert summary["gates"]["metric"] is False
     registry = _registry(project)
-    assert registry.alias("penguins_classifier", "champion").tag == champion_before.tag
+    champion_before = worse_build.champion["model_tag"]
+    assert registry.alias("penguins_classifier", "champion").tag == champion_before
     assert registry.alias("penguins_classifier", "challenger").tag == summary["model_tag"]
     failed = [g for g in registry.get(summary["model_tag"]).gates if not g["passed"]]
     assert {g["gate"] for g in failed} >= {"metric"}
-    assert project.bento.resolve() == published
+    assert project.bento.resolve() == worse_build.published
 
 
 def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restores(
-    tmp_path, built_project: Project
+    tmp_path, worse_build: WorseBuild
 ):
-    project = built_project.copy_to(tmp_path / "copy")
-    champion = _registry(project).alias("penguins_classifier", "champion")
-    published = project.bento.resolve()
-    worse = project.build_worse_model()
+    build = worse_build.copy_to(tmp_path / "copy")
+    project, worse, published = build.project, build.challenger, build.published
+    champion = build.champion["model_tag"]
 
     refused = project.run("models", "promote", worse["model_tag"], "--reason", "try")
     assert refused.returncode != 0
     assert "metric" in refused.stderr and "--force" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert _registry(project).alias("penguins_classifier", "champion").tag == champion.tag
+    assert _registry(project).alias("penguins_classifier", "champion").tag == champion
 
     forced = project.run("models", "promote", worse["model_tag"], "-r", "demo", "--force")
     assert forced.returncode == 0, forced.stderr
@@ -69,7 +63,7 @@ def test_promote_by_hand_runs_the_gates_and_records_a_force_and_rollback_restore
 
     back = project.run("models", "rollback", "penguins_classifier", "--reason", "undo")
     assert back.returncode == 0, back.stderr
-    assert _registry(project).alias("penguins_classifier", "champion").tag == champion.tag
+    assert _registry(project).alias("penguins_classifier", "champion").tag == champion
     assert project.bento.resolve() == published
 
 
@@ -83,9 +77,9 @@ def test_each_run_writes_a_model_card_recorded_in_the_registry(built_project: Pr
     assert "Confusion matrix" in page and "Gate results" in page
 
 
-def test_models_card_rewrites_a_card_against_the_champion(tmp_path, built_project: Project):
-    project = built_project.copy_to(tmp_path / "copy")
-    worse = project.build_worse_model()
+def test_models_card_rewrites_a_card_against_the_champion(tmp_path, worse_build: WorseBuild):
+    build = worse_build.copy_to(tmp_path / "copy")  # the card is written in the project
+    project, worse = build.project, build.challenger
     champion = _registry(project).alias("penguins_classifier", "champion")
 
     result = project.run("models", "card", worse["model_tag"])
@@ -97,9 +91,10 @@ def test_models_card_rewrites_a_card_against_the_champion(tmp_path, built_projec
     assert unknown.returncode != 0 and "unknown model version" in unknown.stderr
 
 
-def test_a_tampered_artefact_is_refused_by_promote(tmp_path, built_project: Project):
-    project = built_project.copy_to(tmp_path / "copy")
-    worse = project.build_worse_model()
+def test_a_tampered_artefact_is_refused_by_promote(tmp_path, worse_build: WorseBuild):
+    build = worse_build.copy_to(tmp_path / "copy")  # a promote that went through changes it
+    project, worse = build.project, build.challenger
+    # the BentoML home is shared: the artefact is restored below, whatever happens
     name, version = worse["model_tag"].split(":")
     pkl = Path(project.env["BENTOML_HOME"]) / "models" / name / version / "saved_model.pkl"
     original = pkl.read_bytes()

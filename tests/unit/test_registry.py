@@ -1,4 +1,6 @@
-"""The model registry on a real SQLite file and a real PostgreSQL server."""
+"""The model registry on a real SQLite file. The tests that take `registry` run on a real
+PostgreSQL server too, in tests/integration/test_registry_postgres.py (a server: not a
+unit test)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from nbship.registry.versions import (
-    ModelVersion,
-    Registry,
-    RegistryError,
-    UnknownModelError,
-    registry_url,
-)
-from tests.support import PROJECT, postgres_schema
+from nbship import config
+from nbship.config import ConfigError
+from nbship.project import registry_url
+from nbship.registry.versions import ModelVersion, Registry, RegistryError, UnknownModelError
+from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
 
@@ -42,19 +41,13 @@ def metadata(candidate: str = "logreg", c: float = 1.0, accuracy: float = 0.95) 
     }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    if request.param == "sqlite":
-        reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    try:
         yield reg
+    finally:
         reg.close()
-        return
-    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
-        reg = Registry(url)
-        try:
-            yield reg
-        finally:
-            reg.close()
 
 
 def test_register_stores_metadata_and_is_idempotent(registry: Registry) -> None:
@@ -270,28 +263,29 @@ def test_several_processes_write_one_sqlite_file(tmp_path: Path) -> None:
 
 def test_registry_url_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NBSHIP_REGISTRY_URL", raising=False)
-    assert registry_url(tmp_path, {}) == f"sqlite:///{tmp_path}/registry.db"
-    assert registry_url(tmp_path, {"registry": None}) == f"sqlite:///{tmp_path}/registry.db"
-    relative = {"registry": {"url": "sqlite:///state/models.db"}}
+    assert registry_url(tmp_path, None) == f"sqlite:///{tmp_path}/registry.db"
+    relative = "sqlite:///state/models.db"
     assert registry_url(tmp_path, relative) == f"sqlite:///{tmp_path}/state/models.db"
-    absolute = {"registry": {"url": "sqlite:////srv/models.db"}}
+    absolute = "sqlite:////srv/models.db"
     assert registry_url(tmp_path, absolute) == "sqlite:////srv/models.db"
     pg = "postgresql+psycopg://user:secret@db.example:5432/models"
-    assert registry_url(tmp_path, {"registry": {"url": pg}}) == pg
+    assert registry_url(tmp_path, pg) == pg
     # a relative project folder is made absolute
     monkeypatch.chdir(tmp_path)
-    assert registry_url(Path("."), {}) == f"sqlite:///{tmp_path}/registry.db"
+    assert registry_url(Path("."), None) == f"sqlite:///{tmp_path}/registry.db"
 
     monkeypatch.setenv("NBSHIP_REGISTRY_URL", "sqlite:///from-env.db")
     assert registry_url(tmp_path, relative) == f"sqlite:///{tmp_path}/from-env.db"
     monkeypatch.setenv("NBSHIP_REGISTRY_URL", pg)
     assert registry_url(tmp_path, relative) == pg
-    with pytest.raises(RegistryError, match="mapping"):
-        registry_url(tmp_path, {"registry": "sqlite:///x.db"})
+    # env.yaml's `registry` is a mapping ({url: ...}), checked with the rest of the config
+    raw = config.read_raw(PROJECT)
+    with pytest.raises(ConfigError, match="registry: Input should be a valid dictionary"):
+        config.validate({**raw, "registry": "sqlite:///x.db"})
 
 
 def test_default_url_opens_in_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NBSHIP_REGISTRY_URL", raising=False)
-    with Registry(registry_url(tmp_path, {})) as reg:
+    with Registry(registry_url(tmp_path, None)) as reg:
         reg.register("clf:v1", metadata())
     assert (tmp_path / "registry.db").is_file()

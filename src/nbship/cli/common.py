@@ -4,16 +4,19 @@ configuration, its registry, and plain-text tables. Errors become one-line messa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
     from nbship.project import Project
     from nbship.registry.versions import Registry
+
+# a command function, as a click decorator takes and returns it
+CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 
 PROJECT_OPTION = click.option(
     "--project",

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from nbship.cli.common import PROJECT_OPTION, load_project, project_registry, table
+from nbship.cli.common import PROJECT_OPTION, CommandT, load_project, project_registry, table
 
 TIME = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
 
@@ -41,7 +41,7 @@ FILTERS = [
 ]
 
 
-def with_filters(func):  # a click decorator
+def with_filters(func: CommandT) -> CommandT:  # a click decorator
     for option in reversed(FILTERS):
         func = option(func)
     return func
@@ -56,7 +56,8 @@ def log() -> None:
 @PROJECT_OPTION
 @with_filters
 @click.option("--last", "-n", default=20, show_default=True, help="How many, newest first.")
-def show(project: Path, since, until, model, status, last: int) -> None:
+def show(project: Path, since: datetime | None, until: datetime | None, model: str | None,
+         status: str | None, last: int) -> None:  # fmt: skip
     """The latest logged requests as a table."""
     from nbship.prediction_log import read_log
 
@@ -82,7 +83,8 @@ def show(project: Path, since, until, model, status, last: int) -> None:
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
     help="A .csv or .parquet file (written whole or not at all).",
 )  # fmt: skip
-def export(project: Path, since, until, model, status, output: Path) -> None:
+def export(project: Path, since: datetime | None, until: datetime | None, model: str | None,
+           status: str | None, output: Path) -> None:  # fmt: skip
     """Write the logged requests to CSV or Parquet."""
     from nbship.prediction_log import export_log
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from nbship.cli.common import PROJECT_OPTION, load_project, published_bento
+from nbship.cli.common import PROJECT_OPTION, CommandT, load_project, published_bento
+
+if TYPE_CHECKING:
+    from nbship.deploy.container import ContainerSettings
 
 
-def output_option(default_help: str):  # a click decorator
+def output_option(default_help: str) -> Callable[[CommandT], CommandT]:  # a click decorator
     return click.option(
         "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
         help=f"Where to write it (default: {default_help}).",
@@ -144,7 +149,7 @@ def dashboard(
     serve_dashboard(app, host=host, port=port)
 
 
-def _container_settings(project: Path):  # -> ContainerSettings, imported lazily
+def _container_settings(project: Path) -> ContainerSettings:
     from nbship.deploy.container import ContainerSettings
 
     loaded = load_project(project)

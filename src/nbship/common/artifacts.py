@@ -43,7 +43,12 @@ def _write(path: str | Path, writer: Callable[[Path], None]) -> None:
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    _write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    _write(path, write)
 
 
 def read_json(path: str | Path) -> Any:

@@ -172,7 +172,8 @@ def _inline_svg(svg: str, prefix: str, label: str) -> str:
 
 def svg(fig_id: str, label: str, size: tuple[float, float], draw: Callable[[Figure], None]) -> str:
     """The figure `draw` fills, as an inline <svg> element."""
-    with matplotlib.rc_context(RC):
+    # matplotlib's stubs type rc keys as a Literal of every known key; RC is a plain dict
+    with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         # A bare Figure, not pyplot: no GUI backend is touched and nothing is registered
         # in pyplot's figure list, so there is no figure to close or leak.
         fig = Figure(figsize=size, layout="constrained")

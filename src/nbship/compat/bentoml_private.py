@@ -40,7 +40,7 @@ def root_input_base(root: Any) -> type[bentoml.IODescriptor]:
     """
     from _bentoml_sdk.io_models import IORootModel
 
-    class RootInput(IORootModel[root]):  # type: ignore[valid-type]
+    class RootInput(IORootModel[root]):
         __root_input__ = True
 
     return RootInput

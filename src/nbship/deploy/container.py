@@ -114,7 +114,9 @@ def check_tools() -> None:
         )
 
 
-def _run(cmd: Sequence[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: Sequence[str], env: dict[str, str], **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(cmd), env=env, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
         raise ContainerError(

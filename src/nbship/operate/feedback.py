@@ -77,7 +77,7 @@ def labelled_feedback(
         if isinstance(item, dict) and item.get("label") is not None
     ]
     wanted = {i["request_id"] for _, i in items if i.get("request_id")}
-    predictions = {}
+    predictions: dict[str, Any] = {}  # request id -> its logged /predict body
     ids = sorted(wanted)
     for start in range(0, len(ids), ID_CHUNK):  # only the labelled requests' rows
         logged = read_log(
@@ -87,9 +87,11 @@ def labelled_feedback(
     by_subject: dict[tuple[str, int] | int, dict[str, Any]] = {}
     unresolved = superseded = 0
     for n, (_, item) in enumerate(items):
+        subject: tuple[str, int] | int
         if item.get("request_id"):
-            subject: tuple[str, int] | int = (item["request_id"], int(item.get("row") or 0))
-            record = _logged_record(predictions.get(item["request_id"]), subject[1])
+            row = int(item.get("row") or 0)
+            subject = (item["request_id"], row)
+            record = _logged_record(predictions.get(item["request_id"]), row)
         else:
             subject, record = n, item.get("record")
         if record is None:

@@ -119,15 +119,17 @@ def _field_spec(name: str, rules: dict[str, dict[str, Any]]) -> FieldSpec:
 
 
 def _annotation(spec: FieldSpec) -> Any:
-    bounds = {"ge": spec.minimum, "le": spec.maximum}
     base: Any
     if spec.kind == "category":
-        base = Literal[spec.categories]  # type: ignore[valid-type]
+        base = Literal[spec.categories]
     elif spec.kind == "number":
-        # strict: "39.1" or true is not a number; an integer like 40 still is
-        base = Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+        # strict: "39.1" or true is not a number; an integer like 40 still is (a None bound
+        # sets no constraint)
+        base = Annotated[
+            float, Field(strict=True, allow_inf_nan=False, ge=spec.minimum, le=spec.maximum)
+        ]
     elif spec.kind == "integer":
-        base = Annotated[int, Field(strict=True, **bounds)]
+        base = Annotated[int, Field(strict=True, ge=spec.minimum, le=spec.maximum)]
     else:
         base = Annotated[str, Field(strict=True)]
     return base | None if spec.nullable else base
@@ -139,7 +141,7 @@ def record_model(contract: Contract, name: str = "Record") -> type[BaseModel]:
         spec.name: (_annotation(spec), Field(..., description=spec.rule))
         for spec in contract.fields
     }
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         name,
         __config__=ConfigDict(extra="forbid"),
         __doc__=f"One record, checked against the rules of suite {contract.suite_name!r}.",
@@ -221,6 +223,7 @@ def validate_frame(
     `columns`: only the suite's expectations on these columns run (no table-level ones),
     for a table that holds part of the data, e.g. labelled feedback records."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     raw = load_suite(suite_path)
     if columns is not None:
@@ -237,7 +240,7 @@ def validate_frame(
         raise ValueError(f"suite {suite_path} has expectations GX could not load")
     context = gx.get_context(mode="ephemeral")
     # GX 1.x draws a tqdm "Calculating Metrics" bar per validation unless told not to
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (
         context.data_sources.add_pandas("nbship")
         .add_dataframe_asset("frame")
@@ -245,15 +248,20 @@ def validate_frame(
         .get_batch(batch_parameters={"dataframe": df})
     )
     result = batch.validate(suite)
-    failures = [
-        Failure(
-            expectation=r.expectation_config.type,
-            column=r.expectation_config.kwargs.get("column"),
-            detail=_detail(r.result or {}, r.exception_info or {}),
+    failures = []
+    for r in result.results:
+        if r.success:
+            continue
+        expectation = r.expectation_config
+        # typed Optional, but a suite run sets it on every result
+        assert expectation is not None, "GX returned a result without its expectation"
+        failures.append(
+            Failure(
+                expectation=expectation.type,
+                column=expectation.kwargs.get("column"),
+                detail=_detail(r.result or {}, r.exception_info or {}),
+            )
         )
-        for r in result.results
-        if not r.success
-    ]
     summary = ValidationSummary(
         success=bool(result.success),
         evaluated=len(result.results),

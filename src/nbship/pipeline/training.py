@@ -35,6 +35,7 @@ ESTIMATORS: dict[str, Callable[..., ClassifierMixin]] = {
     "hist_gb": HistGradientBoostingClassifier,
 }
 
+
 @dataclass(frozen=True)
 class Features:
     numeric: tuple[str, ...]

@@ -128,7 +128,8 @@ def _splits_table(version: ModelVersion, frames: Mapping[str, pd.DataFrame]) -> 
     recorded: dict[str, Any] = dict(version.extra.get("data_fingerprints") or {})
     if version.data_fingerprint and "train" not in recorded:
         recorded["train"] = version.data_fingerprint
-    rows = []
+    # split, rows, fingerprint at training, fingerprint of the rows shown, match
+    rows: list[tuple[str, int | None, page.Html, page.Html | None, page.Html | None]] = []
     for name, frame in frames.items():
         shown, known = fingerprint(frame), recorded.get(name)
         match = None
@@ -159,7 +160,8 @@ def _class_distribution(frames: Mapping[str, pd.DataFrame], target: str) -> list
 
     svg = page.svg("fig-classes", f"class distribution of {target}", (4.6, 2.6), draw)
     header = ["class"] + [f"{n} {k}" for n in frames for k in ("rows", "share")]
-    rows = [
+    # a class, then each split's row count and share
+    rows: list[list[Any]] = [
         [str(c)]
         + [v for n in frames for v in (int(counts[n].get(c, 0)), page.Num(f"{shares[n][i]:.3f}"))]
         for i, c in enumerate(classes)
@@ -230,7 +232,7 @@ def _histograms(
 
 
 def _categorical_counts(frames: Mapping[str, pd.DataFrame], columns: Sequence[str]) -> list[str]:
-    parts = []
+    parts: list[str] = []
     for column in columns:
         counts = {n: f[column].dropna().astype(str).value_counts() for n, f in frames.items()}
         first = next(iter(counts.values()))
@@ -329,6 +331,7 @@ def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> li
     selection = version.extra.get("selection") or {}
     if isinstance(selection, Mapping) and selection.get("metric"):
         parts.append(page.note(f"Selected among candidates by test {selection['metric']}."))
+    rows: list[list[Any]]
     if champion is None:
         names = _metric_names(*(mine.get(s) or {} for s in splits))
         rows = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -332,7 +332,7 @@ class Registry:
         listed = ", ".join(known[:shown]) + (", ..." if len(known) > shown else "")
         return UnknownModelError(f"unknown model version {tag!r}; known: {listed}")
 
-    def record_gates(self, tag: str, verdicts: builtins.list[Mapping[str, Any]]) -> None:
+    def record_gates(self, tag: str, verdicts: Sequence[Mapping[str, Any]]) -> None:
         """Appends gate verdicts (plain JSON dicts) to the version's record."""
         with self._write() as session:
             row = session.scalar(select(_Version).where(_Version.tag == tag).with_for_update())

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+# a caller's records and the future its answer is set on
+_Waiting = tuple[list[Any], asyncio.Future[tuple[Any, np.ndarray]]]
+
 
 class MicroBatcher:
     """Adaptive batching without a timer: requests that reach the event loop while it is
@@ -25,7 +28,7 @@ class MicroBatcher:
     ) -> None:
         self.predict = predict
         self.max_rows = max_rows
-        self.pending: list[tuple[list[Any], asyncio.Future[tuple[Any, np.ndarray]]]] = []
+        self.pending: list[_Waiting] = []
         self.requests = 0
         self.calls = 0  # model calls made: fewer than requests when batching happens
 
@@ -43,13 +46,14 @@ class MicroBatcher:
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         while pending:
-            batch, rows = [], 0
+            batch: list[_Waiting] = []
+            rows = 0
             while pending and (not batch or rows + len(pending[0][0]) <= self.max_rows):
                 batch.append(pending.pop(0))
                 rows += len(batch[-1][0])
             self._run(batch)
 
-    def _run(self, batch: list[tuple[list[Any], asyncio.Future[tuple[Any, np.ndarray]]]]) -> None:
+    def _run(self, batch: list[_Waiting]) -> None:
         self.calls += 1
         try:
             answered, proba = self.predict([r for records, _ in batch for r in records])

@@ -129,6 +129,8 @@ class LiveMetrics:
             self.update_drift()
 
     def update_drift(self) -> None:
+        if not self.profile:  # observe() only calls this with a profile to compare against
+            return
         rows = [r for _, inputs in self.recent for r in _records(inputs)][-WINDOW:]
         live = {c: [r.get(c) for r in rows] for c in self.columns}
         for feature, result in feature_drift(self.profile, live).items():

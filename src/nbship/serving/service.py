@@ -284,12 +284,15 @@ def request_spec(record: type[BaseModel], max_batch: int) -> type[bentoml.IODesc
     A callable discriminator picks the branch from the JSON shape, so an error is
     reported once, against the field that broke the rule, not once per union branch.
     """
-    batch = Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
-    body = Annotated[
+    # types built at run time from the suite's record model: values to mypy (`Any`), not aliases;
+    # `list[record]` is still read as a type, of a class only known at run time
+    batch: Any = Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
+    body: Any = Annotated[
         Annotated[record, Tag("record")] | Annotated[batch, Tag("records")],
         Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
     ]
 
+    # a base class made by a call (BentoML's root model of `body`): mypy needs a static one
     class PredictRequest(root_input_base(body)):  # type: ignore[misc]
         @classmethod
         def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
@@ -339,8 +342,9 @@ def _without_wrapper_locs(exc: ValidationError) -> ValidationError:
 def feedback_model(record: type[BaseModel], classes: list[str]) -> type[BaseModel]:
     """One POST /feedback item: the true label (one of `classes`) of a logged prediction
     or of a new record."""
-    # names unlike the fields': a class body would look a field's own name up in itself
-    label_type = Literal[tuple(classes)]  # type: ignore[valid-type]
+    # names unlike the fields': a class body would look a field's own name up in itself.
+    # Both types are only known at run time, so mypy cannot check the fields (pydantic does).
+    label_type: Any = Literal[tuple(classes)]
     record_type = record
 
     class FeedbackItem(BaseModel):
@@ -348,9 +352,10 @@ def feedback_model(record: type[BaseModel], classes: list[str]) -> type[BaseMode
         new labelled `record`."""
 
         model_config = ConfigDict(extra="forbid")
-        label: label_type = Field(description="the true class")  # type: ignore[valid-type]
+        label: label_type = Field(description="the true class")
         request_id: str | None = Field(None, max_length=64, description="x-request-id of /predict")
         row: int = Field(0, ge=0, description="the record's index in that request's batch")
+        # a `type[BaseModel]` variable is no type to mypy: the suite's record model
         record: record_type | None = Field(None, description="a new labelled record")  # type: ignore[valid-type]
 
         @model_validator(mode="after")
@@ -370,7 +375,8 @@ class _QuietValidationErrors(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], ValidationError):
             exc = record.exc_info[1]
             record.msg = "rejected request on %s: %d validation error(s)"
-            record.args = (record.args[0] if record.args else "?", exc.error_count())
+            route = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.args = (route, exc.error_count())
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -616,8 +622,6 @@ def create_service(root: Path) -> bentoml.Service[Any]:
     FeedbackItem = built.feedback_item
     quiet_rejected_requests()
 
-    @bentoml.service(name=config["bento_name"], traffic={"timeout": 30}, workers=1)
-    @bentoml.asgi_app(built.info_app, path="/", name="info")
     class ModelService(ModelServer):
         """Predicts the target for records keyed by the dataset's column names."""
 
@@ -637,12 +641,15 @@ def create_service(root: Path) -> bentoml.Service[Any]:
         async def predict(self, body: Any, /) -> PredictResponse:
             """Predicted label and class probabilities for one record or a list of records."""
             served, proba = await self.batcher(body if isinstance(body, list) else [body])
+            # PredictResponse is the documented (OpenAPI) shape; the body is serialised at
+            # once as a Response, which BentoML passes through (see `answer`)
             return self.answer(served, proba)  # type: ignore[return-value]
 
         @bentoml.api(route="/feedback")
         async def feedback(
             self,
             items: Annotated[
+                # the feedback model built for this service's suite, a run-time class
                 list[FeedbackItem],  # type: ignore[valid-type]
                 Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS),
             ],
@@ -655,11 +662,16 @@ def create_service(root: Path) -> bentoml.Service[Any]:
         def close_log(self) -> None:
             self.close()
 
-    ModelService.add_asgi_middleware(
+    # BentoML's decorators applied by call, as `@` would (the innermost first): mypy takes a
+    # decorated class for the class itself, but the result is a bentoml.Service
+    service: bentoml.Service[Any] = bentoml.service(
+        name=config["bento_name"], traffic={"timeout": 30}, workers=1
+    )(bentoml.asgi_app(built.info_app, path="/", name="info")(ModelService))
+    service.add_asgi_middleware(
         RequestLogMiddleware,
         log=built.slot.log,
         routes={"/predict": "predict"},
         model_tag=built.slot.model_tag,
         observe=built.metrics.observe,
     )
-    return ModelService
+    return service
