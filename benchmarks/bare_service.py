@@ -1,5 +1,6 @@
 """The reference for benchmarks/serve.py: the same model behind a bare BentoML 1.4
-service (a list of dicts in, DataFrame, predict_proba, lists out), no validation."""
+service (a list of dicts in, DataFrame, predict_proba or predict, lists out), no
+validation."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import pandas as pd
 class Bare:
     def __init__(self) -> None:
         self.model = joblib.load(os.environ["NBSHIP_BENCH_MODEL"])
-        self.classes = [str(c) for c in self.model.classes_]
+        self.regression = os.environ.get("NBSHIP_BENCH_TASK") == "regression"
+        self.classes = [] if self.regression else [str(c) for c in self.model.classes_]
 
     @bentoml.api(route="/predict")
     async def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.regression:
+            values = self.model.predict(pd.DataFrame(records))
+            return [{"prediction": v} for v in values.tolist()]
         proba = self.model.predict_proba(pd.DataFrame(records))
         return [
             {

@@ -75,7 +75,11 @@ def main() -> None:
     args = parser.parse_args()
 
     parts = data.split(
-        data.load_source("palmerpenguins"), "species", test_size=0.25, golden_size=24, seed=42
+        data.load_source("palmerpenguins:load_penguins"),
+        "species",
+        test_size=0.25,
+        golden_size=24,
+        seed=42,
     )
     pool = parts.test[FEATURES.columns]
     batches = {n: pool.iloc[np.arange(n) % len(pool)].reset_index(drop=True) for n in (1, 1000)}

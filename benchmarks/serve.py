@@ -4,9 +4,14 @@ single records at several concurrency levels and 1,000-record batches, each divi
 the in-process rate of the same model on the same records measured in the same run.
 
     uv run python -m benchmarks.serve [--bento bentos/penguins_classifier] [--requests 2000]
+    uv run python -m benchmarks.serve --example diabetes   # or adelie: tests/projects/
 
-The in-process floor is `model.predict_proba` on a ready one-row DataFrame (no JSON,
-no HTTP, no validation): what a user calling their own pipeline row by row pays.
+`--example` first builds that test project in a scratch folder (a regression model; a
+user-written pipeline with a transformer of the project's own, which the compiled plan
+cannot take, so scikit-learn serves it) and benchmarks its bento. The in-process floor is
+the model's `predict_proba` (a classifier) or `predict` (a regressor) on a ready one-row
+DataFrame (no JSON, no HTTP, no validation): what a user calling their own pipeline row
+by row pays.
 """
 
 from __future__ import annotations
@@ -29,23 +34,38 @@ import pandas as pd
 from tests.support import PROJECT, free_port, start, stop, wait_http
 
 
-def records(columns: list[str], n: int) -> list[dict]:
-    import palmerpenguins
+def source_rows(project: Path, columns: list[str]) -> list[dict]:
+    """The records of the project's data source (env.yaml `data.source`)."""
+    from nbship.config import load
+    from nbship.pipeline.data import load_source
 
-    df = palmerpenguins.load_penguins()[columns]
-    rows = json.loads(df.to_json(orient="records"))
+    source = load(project).data.source
+    if Path(source).suffix in (".csv", ".parquet") and not Path(source).is_absolute():
+        source = str(project / source)
+    sys.path.insert(0, str(project / "src"))  # a project's own loader
+    df = load_source(source)[columns]
+    return json.loads(df.to_json(orient="records"))
+
+
+def records(rows: list[dict], n: int) -> list[dict]:
     return [rows[i % len(rows)] for i in range(n)]
 
 
-def in_process(model, columns: list[str], rows: list[dict]) -> dict[str, float]:
+def predictor(model, task: str):
+    """What the in-process floor and the bare service call: a classifier's probabilities,
+    a regressor's values."""
+    return model.predict_proba if task == "classification" else model.predict
+
+
+def in_process(predict, columns: list[str], rows: list[dict]) -> dict[str, float]:
     frames = [pd.DataFrame([r], columns=columns) for r in rows]
     for frame in frames[:50]:
-        model.predict_proba(frame)
+        predict(frame)
     times = []
     started = time.perf_counter()
     for frame in frames:
         t0 = time.perf_counter()
-        model.predict_proba(frame)
+        predict(frame)
         times.append(time.perf_counter() - t0)
     total = time.perf_counter() - started
     return summarise(times, total, failures=0)
@@ -107,15 +127,25 @@ async def load(
     return summarise(times, total, failures)
 
 
-def in_process_batch(model, columns: list[str], rows: list[dict], size: int) -> float:
-    """Rows per second of predict_proba on ready `size`-row DataFrames."""
+def in_process_batch(predict, columns: list[str], rows: list[dict], size: int) -> float:
+    """Rows per second of the model on ready `size`-row DataFrames."""
     frame = pd.DataFrame(rows[:size], columns=columns)
-    model.predict_proba(frame)
+    predict(frame)
     repeats = 20
     started = time.perf_counter()
     for _ in range(repeats):
-        model.predict_proba(frame)
+        predict(frame)
     return repeats * size / (time.perf_counter() - started)
+
+
+def build_example(name: str) -> tuple[Path, dict[str, str]]:
+    """tests/projects/<name> built in a scratch folder; its project folder and the
+    environment (BentoML home, PYTHONPATH) to serve it with."""
+    from tests.conftest import build, overlay_project
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"nbship-bench-{name}-"))
+    project = build(overlay_project(name, scratch / "project", scratch / "bentoml-home"))
+    return project.path, {"BENTOML_HOME": project.env["BENTOML_HOME"]}
 
 
 def serve(cmd: list[str], url: str, env: dict[str, str] | None = None):
@@ -173,6 +203,7 @@ def measure_mlflow(model, rows, levels, batches):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bento", type=Path, default=PROJECT / "bentos" / "penguins_classifier")
+    parser.add_argument("--example", help="build tests/projects/<name> and benchmark its bento")
     parser.add_argument("--requests", type=int, default=2000, help="per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     # a few seconds of them: the log's thread delivers once a second, and a full garbage
@@ -181,15 +212,24 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300, help="1,000-record requests")
     args = parser.parse_args()
 
+    project, serve_env = PROJECT, {}
+    if args.example:
+        project, serve_env = build_example(args.example)
+        from nbship.project import Project
+
+        args.bento = Project.load(project).published_bento
     config = json.loads((args.bento / "src" / "serving.json").read_text())
     name, version = config["model_tag"].split(":")
     model_file = args.bento / "models" / name / version / "saved_model.pkl"
     model = joblib.load(model_file)
+    task = config.get("task", "classification")
+    predict = predictor(model, task)
     columns = config["columns"]
-    rows = records(columns, args.requests)
-    batches = [records(columns, 1000)] * args.batches  # (records() gives the same rows)
-    floor = in_process(model, columns, rows)
-    floor_batch = in_process_batch(model, columns, batches[0], 1000)
+    source = source_rows(project, columns)
+    rows = records(source, args.requests)
+    batches = [records(source, 1000)] * args.batches  # (records() gives the same rows)
+    floor = in_process(predict, columns, rows)
+    floor_batch = in_process_batch(predict, columns, batches[0], 1000)
 
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     results = {}
@@ -198,7 +238,9 @@ def main() -> None:
         "NBSHIP_LOG_URL": f"sqlite:///{scratch / 'log.db'}",
         "NBSHIP_LOG_SPOOL": str(scratch / "spool"),
     }
-    for label, env in (("nbship", logging_on), ("nbship, log off", {"NBSHIP_LOG_URL": "off"})):
+    logging_off = {"NBSHIP_LOG_URL": "off"}
+    for label, env in (("nbship", logging_on), ("nbship, log off", logging_off)):
+        env = {**serve_env, **env}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [bentoml, "serve", str(args.bento), "--host", "127.0.0.1", "--port", str(port)]
@@ -221,7 +263,11 @@ def main() -> None:
             str(port),
         ],
         url,
-        env={"NBSHIP_BENCH_MODEL": str(model_file)},
+        env={
+            "NBSHIP_BENCH_MODEL": str(model_file),
+            "NBSHIP_BENCH_TASK": task,
+            **({"PYTHONPATH": str(project / "src")} if (project / "src").is_dir() else {}),
+        },
     )
     try:
         results["bare BentoML"] = measure(url, rows, args.concurrency, batches, wrap="records")
@@ -231,7 +277,7 @@ def main() -> None:
         results["mlflow models serve"] = mlflow_peer
 
     print(
-        f"model {config['model_tag']} ({inference});"
+        f"model {config['model_tag']} ({task}; {inference});"
         f" {args.requests} single-record requests per level"
     )
     print(f"{'path':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'fail':>6}{'÷ in-process':>14}")

@@ -3,16 +3,18 @@
 # The candidate with the best test value of the metric named in env.yaml (`selection_metric`).
 
 # %% tags=["parameters"]
-upstream = ["evaluate"]
+upstream = ["evaluate", "split"]
 product = None
-metric = "f1_macro"
+metric = "auto"
 
 # %%
+from nbship import tasks
 from nbship.common.artifacts import read_json, write_json
 from nbship.pipeline import training
 
+task = tasks.get(read_json(upstream["split"]["summary"])["task"])
 results = read_json(upstream["evaluate"]["metrics"])
-choice = training.choose_winner({name: r["test"] for name, r in results.items()}, metric)
+choice = training.choose_winner({name: r["test"] for name, r in results.items()}, metric, task=task)
 write_json(
     {
         "winner": choice.winner,
@@ -22,5 +24,5 @@ write_json(
     },
     product["winner"],
 )
-print(f"winner: {choice.winner} ({metric} = {choice.value:.4f})")
+print(f"winner: {choice.winner} ({choice.metric} = {choice.value:.4f})")
 choice.ranking

@@ -6,16 +6,20 @@
 # no log yet, the table is empty and the pipeline trains on the source data alone.
 
 # %% tags=["parameters"]
-upstream = None
+upstream = ["load"]
 product = None
 log_url = "sqlite:///prediction_log.db"
 suite = "expectations/penguins.json"
 features = {"numeric": [], "categorical": []}
 target = "species"
+task = "auto"
 
 # %%
 from pathlib import Path
 
+import pandas as pd
+
+from nbship import tasks
 from nbship.common.artifacts import write_frame, write_json
 from nbship.operate import feedback
 from nbship.pipeline import training
@@ -24,7 +28,9 @@ from nbship.project import log_url as project_log_url
 
 cols = training.Features.from_params(features)
 url = project_log_url(Path.cwd(), log_url)  # the task runs in the project folder
-labelled, summary = feedback.labelled_feedback(url, cols, target)
+# the task as the split decides it (labels are numbers only for regression)
+kind, _ = tasks.resolve(task, pd.read_parquet(upstream["load"]["data"], columns=[target])[target])
+labelled, summary = feedback.labelled_feedback(url, cols, target, task=kind.kind)
 if len(labelled):
     validate_frame(labelled, suite, columns=[*cols.columns, target])
 write_frame(labelled, product["data"])

@@ -5,7 +5,7 @@
 # %% tags=["parameters"]
 upstream = None
 product = None
-source = "palmerpenguins"
+source = "palmerpenguins:load_penguins"
 sample_rows = None
 seed = 42
 

@@ -26,9 +26,13 @@ from nbship.packaging import bento as package
 
 choice = read_json(upstream["choose"]["winner"])
 winner = choice["winner"]
+# the train task whose candidate won (a grid's task, or a train notebook of its own)
+(trained,) = [
+    p for p in upstream["train-*"].values() if read_json(p["summary"])["candidate"] == winner
+]
 result = package.package_winner(
-    model_path=upstream["train-*"][f"train-{winner}"]["model"],
-    candidate=read_json(upstream["train-*"][f"train-{winner}"]["summary"]),
+    model_path=trained["model"],
+    candidate=read_json(trained["summary"]),
     evaluation=read_json(upstream["evaluate"]["metrics"])[winner],
     choice=choice,
     split_summary=read_json(upstream["split"]["summary"]),
@@ -47,6 +51,7 @@ result = package.package_winner(
     cards_dir=cards_dir,
     prediction_log=prediction_log,
     golden_path=upstream["split"]["golden"],
+    task=read_json(upstream["split"]["summary"])["task"],
     gates=gates,
 )
 write_json(result, product["summary"])

@@ -1,7 +1,9 @@
 # %% [markdown]
 # # Train one candidate
-# One task per candidate (Ploomber grid over `candidates` in env.yaml). The model is a
-# scikit-learn Pipeline that includes its preprocessing, so serving needs no feature code.
+# This notebook is the model: its preprocessing and estimator are written here, as in
+# any notebook, and handed to nbship by the last cell. Ploomber runs it once per name in
+# `candidates` (env.yaml), with that name's `hyperparams`. The model is one scikit-learn
+# Pipeline that starts from the raw feature columns, so serving needs no feature code.
 
 # %% tags=["parameters"]
 upstream = ["split"]
@@ -13,23 +15,56 @@ target = "species"
 
 # %%
 import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from nbship.common.artifacts import write_json, write_model
-from nbship.pipeline import training
+from nbship.pipeline.training import save_candidate
 
-cols = training.Features.from_params(features)
 train = pd.read_parquet(upstream["split"]["train"])
-params = hyperparams.get(candidate, {})
-model = training.build_candidate(candidate, cols, params)
-seconds = training.fit(model, train, cols, target)
-write_model(model, product["model"])
-write_json(
-    {
-        "candidate": candidate,
-        "params": params,
-        "train_seconds": seconds,
-        "train_metrics": training.score(model, train, cols, target),
-    },
-    product["summary"],
+X, y = train[features["numeric"] + features["categorical"]], train[target]
+
+# %% [markdown]
+# Measurements: the median fills a gap, then they are scaled. Island and sex: the most
+# frequent value fills a gap, then one column per value (a value unseen in training
+# encodes as all zeros). `baseline` predicts the class shares: the floor to beat.
+
+# %%
+preprocess = ColumnTransformer(
+    [
+        (
+            "numeric",
+            make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+            features["numeric"],
+        ),
+        (
+            "categorical",
+            make_pipeline(
+                SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
+            ),
+            features["categorical"],
+        ),
+    ]
 )
+estimators = {
+    "baseline": DummyClassifier,
+    "logreg": LogisticRegression,
+    "forest": RandomForestClassifier,
+    "knn": KNeighborsClassifier,
+    "hist_gb": HistGradientBoostingClassifier,
+}
+params = hyperparams.get(candidate, {})
+model = Pipeline([("preprocess", preprocess), ("model", estimators[candidate](**params))])
+
+# %% [markdown]
+# The hand-off: nbship fits the model on the training split (timing the fit; a model you
+# have fitted yourself is kept as it is), scores it and saves it for the evaluate task.
+
+# %%
+save_candidate(model, product, X, y, params=params, name=candidate)
 model

@@ -107,6 +107,25 @@ def copy_project(dest: Path, bentoml_home: Path) -> Project:
     return Project(path=dest, env=env)
 
 
+def overlay_project(name: str, dest: Path, bentoml_home: Path) -> Project:
+    """Another project made of the example's generic tasks and the files of
+    tests/projects/<name> (its env.yaml, suite, train notebook, own package under src/):
+    what a user's second project looks like. Its src/ is on the path, as an editable
+    install of the project would put it."""
+    project = copy_project(dest, bentoml_home)
+    (dest / "expectations" / "penguins.json").unlink()
+    shutil.copytree(PROJECT / "tests" / "projects" / name, dest, dirs_exist_ok=True)
+    if (dest / "src").is_dir():
+        project.env["PYTHONPATH"] = str(dest / "src")
+    return project
+
+
+def build(project: Project) -> Project:
+    result = project.run("build")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
 def sample_config(project: Project) -> None:
     """A smaller, faster variant of the real env.yaml: same columns and rules."""
     cfg = project.config
@@ -128,6 +147,20 @@ def built_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) 
     result = project.run("build")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
+
+
+@pytest.fixture(scope="session")
+def regression_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Project:
+    """tests/projects/diabetes built: a regression target, two notebook-written models."""
+    return build(
+        overlay_project("diabetes", tmp_path_factory.mktemp("diabetes") / "p", bentoml_home)
+    )
+
+
+@pytest.fixture(scope="session")
+def own_code_project(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Project:
+    """tests/projects/adelie built: Yes/No labels, a model using the project's own class."""
+    return build(overlay_project("adelie", tmp_path_factory.mktemp("adelie") / "p", bentoml_home))
 
 
 @pytest.fixture(scope="session")

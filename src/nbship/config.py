@@ -25,6 +25,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -44,7 +46,7 @@ class Section(BaseModel):
 
 
 class DataSettings(Section):
-    source: str = Field(description="packaged data (palmerpenguins) or a .csv/.parquet path")
+    source: str = Field(description="a .csv/.parquet path, or `module:function` returning a table")
     sample_rows: PositiveInt | None = None  # a reproducible sample (tests use this)
     seed: int = 42
 
@@ -101,6 +103,10 @@ class GateSettings(Section):
     metric_tolerance: NonNegativeFloat = 0.01
     prob_tolerance: NonNegativeFloat = 0.05
     max_diff_share: NonNegativeFloat = 0.1
+    # regression's differential gate: a golden row differs when |new - old| is more than
+    # value_abs_tolerance + value_rel_tolerance * |old|
+    value_abs_tolerance: NonNegativeFloat = 0.0
+    value_rel_tolerance: NonNegativeFloat = 0.05
     max_latency_factor: PositiveFloat = 3.0
     max_train_factor: PositiveFloat = 5.0
     latency_repeats: PositiveInt = 20
@@ -150,7 +156,11 @@ class ProjectConfig(Section):
     split: SplitSettings = SplitSettings()
     candidates: list[str] = Field(min_length=1)
     hyperparams: dict[str, dict[str, Any]] = {}
-    selection_metric: str = "f1_macro"
+    # classification, regression, or auto: inferred from the target (the split task says
+    # what it inferred)
+    task: Literal["auto", "classification", "regression"] = "auto"
+    # auto: the task's default (f1_macro for classification, rmse for regression)
+    selection_metric: str = "auto"
     bento: BentoSettings
     registry: UrlSettings = UrlSettings()
     model_store: UrlSettings = UrlSettings()
@@ -163,6 +173,22 @@ class ProjectConfig(Section):
     container: ContainerSection = ContainerSection()
     kubernetes: KubernetesSettings = KubernetesSettings()
     params: dict[str, Any] = {}  # the project's own values for its notebooks
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_of_task(cls, metric: str, info: ValidationInfo) -> str:
+        from nbship import tasks
+
+        if metric == "auto":
+            return metric
+        task = tasks.of_metric(metric)  # ValueError naming the known ones
+        configured = info.data.get("task", "auto")
+        if configured != "auto" and task.kind != configured:
+            raise ValueError(
+                f"{metric!r} is a {task.kind} metric, but task is {configured}: choose "
+                f"from {sorted(tasks.get(configured).metrics)}"
+            )
+        return metric
 
     def check_columns(self, columns: Iterable[str], where: str = "the data") -> None:
         """Settings that name columns (features, target, invariance checks) against the

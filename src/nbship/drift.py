@@ -20,6 +20,15 @@ PSI on a small window is inflated by sampling noise alone (about 0.2 on average 
 rows and 10 bins, under 0.1 from 100 rows), and a test on a large window calls a
 negligible shift significant.
 
+The profile also holds what the model answered on the training rows, to set live
+predictions against. For a classifier, the training class shares (`classes`: the
+prediction mix). For a regressor (`task` "regression"), the distribution of its
+predictions on the training rows (`predictions`: a numeric feature's profile, compared
+by `prediction_drift` with the same PSI and KS as a feature) and the range of the
+training target (`target_range`: [min, max]; a live prediction outside it is one the
+training data never backed). A profile without `task` is a classifier's (profiles made
+before regression was supported).
+
 This module imports only numpy, scipy and the standard library, so it can be shipped
 into the serving bento (to publish drift gauges) without pandas.
 """
@@ -33,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
+
+from nbship.tasks import MAX_INFERRED_CLASSES, TASKS
 
 if TYPE_CHECKING:  # only for annotations: pandas is not imported here
     import pandas as pd
@@ -150,6 +161,44 @@ def _categorical_profile(values: Sequence[str | None]) -> dict[str, Any]:
     }
 
 
+def _target_task(values: Sequence[Any]) -> str:
+    """The task a training target implies, as `tasks.infer` reads a column (without
+    pandas): floats are numbers; integers are numbers when there are more than
+    MAX_INFERRED_CLASSES distinct values; anything else (text, booleans) is classes."""
+    present = [v for v in values if not _is_missing(v)]
+    if not present or any(isinstance(v, bool | np.bool_) for v in present):
+        return "classification"
+    array = np.asarray(present)
+    if array.dtype.kind == "f":
+        return "regression"
+    if array.dtype.kind in "iu" and len(np.unique(array)) > MAX_INFERRED_CLASSES:
+        return "regression"
+    return "classification"
+
+
+def _predictions_task(values: Sequence[Any] | np.ndarray) -> str:
+    """The task predictions imply: numbers (floats) are a regressor's; labels (text,
+    integers, booleans) a classifier's."""
+    array = np.asarray(list(values))
+    return "regression" if array.dtype.kind == "f" else "classification"
+
+
+def profile_task(profile: Mapping[str, Any] | None, default: str = "classification") -> str:
+    """The task of the model a profile describes: its `task`, else "regression" when it
+    holds a regressor's `predictions` or `target_range`, "classification" when it holds
+    `classes`, else `default` (a profile without target: nothing says)."""
+    if not profile:
+        return default
+    kind = profile.get("task")
+    if isinstance(kind, str) and kind in TASKS:
+        return kind
+    if "predictions" in profile or "target_range" in profile:
+        return "regression"
+    if "classes" in profile:
+        return "classification"
+    return default
+
+
 def reference_profile(
     train: pd.DataFrame | Mapping[str, Sequence[Any]],
     numeric: Sequence[str],
@@ -159,17 +208,29 @@ def reference_profile(
     seed: int = 0,
     *,
     target: str | None = None,
+    predictions: Sequence[Any] | np.ndarray | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """The training reference of each feature, as JSON-able data (see the module doc).
 
-    `train` is a pandas DataFrame (or a {column: values} mapping). With `target`, the
-    training class shares are kept too (`classes`), to set the live prediction mix
-    against. The same table, arguments and seed give the same profile.
+    `train` is a pandas DataFrame (or a {column: values} mapping). With `target`, what
+    the model's answers are set against:
+
+    * classification: the training class shares (`classes`), for the prediction mix;
+    * regression: `task` "regression", `target_range` ([min, max] of the target) and,
+      with `predictions` (the model's predictions on the `train` rows, in their order),
+      their distribution as a numeric profile (`predictions`), for prediction drift.
+
+    `task` ("classification" / "regression") says which; when None it is read from the
+    predictions (floats: regression) or else from the target column (as `tasks.infer`
+    does). The same table, arguments and seed give the same profile.
     """
     if bins < 2:
         raise ValueError("bins must be at least 2")
     if sample < 1:
         raise ValueError("sample must be at least 1")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose from {sorted(TASKS)}")
     overlap = set(numeric) & set(categorical)
     if overlap:
         raise ValueError(f"feature(s) {sorted(overlap)} are both numeric and categorical")
@@ -178,23 +239,53 @@ def reference_profile(
         features[name] = _numeric_profile(_numbers(_column(train, name)), bins, sample, seed)
     for name in categorical:
         features[name] = _categorical_profile(_categories(_column(train, name)))
+    n_rows = len(_column(train, next(iter(features)))) if features else 0
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
-        "n_rows": len(_column(train, next(iter(features)))) if features else 0,
+        "n_rows": n_rows,
         "bins": bins,
         "seed": seed,
         "features": features,
     }
-    if target is not None:
-        labels = [v for v in _categories(_column(train, target)) if v is not None]
-        shares = _categorical_profile(labels)["proportions"]
+    target_values = _column(train, target) if target is not None else None
+    if task is None:
+        if predictions is not None:
+            task = _predictions_task(predictions)
+        elif target_values is not None:
+            task = _target_task(target_values)
+        else:
+            task = "classification"
+    if task == "classification":
+        if target_values is not None:
+            labels = [v for v in _categories(target_values) if v is not None]
+            profile["target"] = target
+            profile["classes"] = _categorical_profile(labels)["proportions"]
+        return profile
+    profile["task"] = "regression"
+    if target_values is not None:
+        values = _numbers(target_values)
+        present = values[~np.isnan(values)]
+        if not present.size:
+            raise ValueError(f"target {target!r} has no numeric value: no regression target")
         profile["target"] = target
-        profile["classes"] = shares
+        profile["target_range"] = [float(present.min()), float(present.max())]
+    if predictions is not None:
+        predicted = _numbers(predictions)
+        if features and len(predicted) != n_rows:
+            raise ValueError(
+                f"{len(predicted)} predictions for {n_rows} training rows: give one per row"
+            )
+        profile["predictions"] = _numeric_profile(predicted, bins, sample, seed)
     return profile
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_profile(profile: Mapping[str, Any]) -> None:
-    """Raises ValueError unless `profile` is one `reference_profile` made."""
+    """Raises ValueError unless `profile` is one `reference_profile` made (of either
+    task)."""
     if not isinstance(profile, Mapping) or not isinstance(profile.get("features"), Mapping):
         raise ValueError("not a drift reference profile (no 'features' mapping)")
     if profile.get("version") != PROFILE_VERSION:
@@ -207,6 +298,26 @@ def check_profile(profile: Mapping[str, Any]) -> None:
             "categorical",
         ):
             raise ValueError(f"drift profile feature {name!r} has no kind numeric/categorical")
+    if "task" in profile and profile["task"] not in TASKS:
+        raise ValueError(f"drift profile task {profile['task']!r} is not one of {sorted(TASKS)}")
+    if "classes" in profile and not isinstance(profile["classes"], Mapping):
+        raise ValueError("drift profile 'classes' is not a {class: share} mapping")
+    if "predictions" in profile:
+        predicted = profile["predictions"]
+        if not isinstance(predicted, Mapping) or predicted.get("kind") != "numeric":
+            raise ValueError("drift profile 'predictions' is not a numeric profile")
+        if not all(isinstance(predicted.get(k), list) for k in ("edges", "proportions", "sample")):
+            raise ValueError("drift profile 'predictions' lacks edges/proportions/sample")
+    if "target_range" in profile:
+        bounds = profile["target_range"]
+        if (
+            not isinstance(bounds, Sequence)
+            or isinstance(bounds, str)
+            or len(bounds) != 2
+            or not all(_is_number(b) for b in bounds)
+            or bounds[0] > bounds[1]
+        ):
+            raise ValueError(f"drift profile 'target_range' is not [min, max]: {bounds!r}")
 
 
 # comparison ---------------------------------------------------------------------------------
@@ -315,6 +426,23 @@ def _categorical_drift(feature: Mapping[str, Any], values: list[str | None]) -> 
     }
 
 
+def _flag(
+    result: dict[str, Any], min_rows: int, psi_threshold: float, pvalue_threshold: float
+) -> dict[str, Any]:
+    """Adds `enough_rows` and `drifted` (see the module doc) to one comparison."""
+    enough = result["n"] >= min_rows
+    p, shift = result["pvalue"], result["psi"]
+    result["enough_rows"] = enough
+    result["drifted"] = bool(
+        enough
+        and shift is not None
+        and shift >= psi_threshold
+        and p is not None
+        and p < pvalue_threshold
+    )
+    return result
+
+
 def feature_drift(
     profile: Mapping[str, Any],
     live: Mapping[str, Sequence[Any]] | pd.DataFrame,
@@ -341,15 +469,62 @@ def feature_drift(
             result = _numeric_drift(feature, _numbers(values))
         else:
             result = _categorical_drift(feature, _categories(values))
-        enough = result["n"] >= min_rows
-        p, shift = result["pvalue"], result["psi"]
-        result["enough_rows"] = enough
-        result["drifted"] = bool(
-            enough
-            and shift is not None
-            and shift >= psi_threshold
-            and p is not None
-            and p < pvalue_threshold
-        )
-        results[name] = result
+        results[name] = _flag(result, min_rows, psi_threshold, pvalue_threshold)
     return results
+
+
+def out_of_range(
+    values: Sequence[Any] | np.ndarray, bounds: Sequence[float] | None
+) -> tuple[int, int]:
+    """How many of the numbers in `values` lie outside [min, max] = `bounds`, and how
+    many numbers there are (values that are no number count in neither)."""
+    numbers = _numbers(values)
+    present = numbers[~np.isnan(numbers)]
+    if bounds is None or not present.size:
+        return 0, int(present.size)
+    low, high = float(bounds[0]), float(bounds[1])
+    return int(((present < low) | (present > high)).sum()), int(present.size)
+
+
+def prediction_drift(
+    profile: Mapping[str, Any],
+    predictions: Sequence[Any] | np.ndarray,
+    *,
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD,
+    pvalue_threshold: float = DEFAULT_PVALUE_THRESHOLD,
+    min_rows: int = DEFAULT_MIN_ROWS,
+) -> dict[str, Any] | None:
+    """A regressor's live predictions against its predictions on the training rows
+    (the profile's `predictions`), as a numeric feature's drift (`feature_drift`'s
+    fields), plus `out_of_range` / `out_of_range_share`: the predictions outside the
+    training target's range (`target_range`; the share None under `min_rows`
+    predictions or without a range). None when the profile has neither."""
+    check_profile(profile)
+    if min_rows < 1:
+        raise ValueError("min_rows must be at least 1")
+    reference = profile.get("predictions")
+    bounds = profile.get("target_range")
+    if reference is None and bounds is None:
+        return None
+    numbers = _numbers(predictions)
+    if reference is not None:
+        result = _flag(
+            _numeric_drift(reference, numbers), min_rows, psi_threshold, pvalue_threshold
+        )
+    else:
+        present = numbers[~np.isnan(numbers)]
+        result = {
+            "kind": "numeric",
+            "n": len(numbers),
+            "psi": None,
+            "pvalue": None,
+            "mean": _number(float(present.mean())) if present.size else None,
+            "reference_mean": None,
+            "enough_rows": len(numbers) >= min_rows,
+            "drifted": False,
+        }
+    outside, n = out_of_range(numbers, bounds)
+    result["target_range"] = list(bounds) if bounds is not None else None
+    result["out_of_range"] = outside
+    result["out_of_range_share"] = outside / n if bounds is not None and n >= min_rows else None
+    return result

@@ -132,7 +132,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
     is the example's configuration; its registry and log are the files made here, named
     by the same environment overrides a deployment uses."""
     tmp = tmp_path_factory.mktemp("dashboard")
-    penguins = load_source("palmerpenguins")
+    penguins = load_source("palmerpenguins:load_penguins")
     profile = reference_profile(penguins, NUMERIC, CATEGORICAL, target="species")
     registry_url, log_url = url_for_sqlite(tmp / "registry.db"), url_for_sqlite(tmp / "log.db")
     _registry(registry_url, profile)
@@ -323,7 +323,7 @@ def test_champions_drift_reference_and_stored_alerts(tmp_path: Path) -> None:
     from nbship.operate.alert_store import AlertStore
     from nbship.operate.dashboard import _live, build_summary
 
-    profile = reference_profile(load_source("palmerpenguins"), NUMERIC, CATEGORICAL)
+    profile = reference_profile(load_source("palmerpenguins:load_penguins"), NUMERIC, CATEGORICAL)
     registry_url, log_url = url_for_sqlite(tmp_path / "r.db"), url_for_sqlite(tmp_path / "l.db")
     _registry(registry_url, profile)
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

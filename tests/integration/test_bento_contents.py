@@ -84,6 +84,22 @@ def test_model_metadata_is_complete(built_project: Project):
         "train_seconds",
         "predict_ms",
         "reports",
+        "task",
+        "classes",
     ):
         assert key in meta, key
     assert meta["versions"]["bentoml"] == importlib.metadata.version("bentoml")
+    assert meta["task"] == "classification" and "target_range" not in meta
+
+
+def test_the_task_is_recorded_and_the_bento_passed_its_parity_check(built_project: Project):
+    serving = json.loads((built_project.bento / "src" / "serving.json").read_text())
+    assert serving["task"] == serving["metadata"]["task"] == "classification"
+    summary = built_project.summary
+    assert summary["task"] == "classification"
+    assert summary["parity"]["passed"] and summary["parity"]["rows"] > 0
+    # the example's model is scikit-learn's own classes only: no project code ships
+    assert summary["project_code"] == []
+    model_yaml = next((built_project.bento / "models").rglob("model.yaml"))
+    signatures = yaml.safe_load(model_yaml.read_text())["signatures"]
+    assert set(signatures) == {"predict", "predict_proba"}

@@ -65,7 +65,7 @@ EXAMPLE_CONFIG: dict[str, Any] = {
 
 
 def penguin_data() -> pd.DataFrame:
-    return load_source("palmerpenguins")
+    return load_source("palmerpenguins:load_penguins")
 
 
 def training_profile(penguins: pd.DataFrame) -> dict[str, Any]:

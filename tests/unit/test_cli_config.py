@@ -38,7 +38,7 @@ def _edit(project: Path, old: str, new: str) -> None:
         ("{column: sex,", "{column: sexe,",
          "env.yaml: gates.invariance[0].column: column 'sexe' is not in data source"),
         ("target: species", "target: specie",
-         "env.yaml: target: column 'specie' is not in data source 'palmerpenguins'"),
+         "env.yaml: target: column 'specie' is not in data source 'palmerpenguins:load_penguins'"),
         ("suite: expectations/penguins.json", "suite: expectations/nope.json",
          "env.yaml: suite: no such file"),
         ("    - {name: errors, metric: error_rate,", "    - {name: errors, metric: error_rat,",

@@ -43,7 +43,7 @@ HYPERPARAMS = {
 
 @pytest.fixture(scope="module")
 def parts():
-    df = data.load_source("palmerpenguins")
+    df = data.load_source("palmerpenguins:load_penguins")
     return data.split(df, target="species", test_size=0.3, golden_size=10, seed=0)
 
 

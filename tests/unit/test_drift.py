@@ -31,7 +31,7 @@ CATEGORICAL = ["island", "sex"]
 
 @pytest.fixture(scope="module")
 def penguins() -> pd.DataFrame:
-    return load_source("palmerpenguins")
+    return load_source("palmerpenguins:load_penguins")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -42,7 +43,7 @@ def _write(url: str, spool: Path, entries: list[LogEntry]) -> None:
         assert log.flush()
 
 
-def _fb(label: str, request_id: str | None = None, row: int = 0, record: dict | None = None):
+def _fb(label: Any, request_id: str | None = None, row: int = 0, record: dict | None = None):
     return {"label": label, "request_id": request_id, "row": row, "record": record}
 
 
@@ -136,3 +137,38 @@ def test_too_little_feedback_all_goes_to_training():
     empty, none = data.split_with_feedback(raw, raw.iloc[:0], "species", 0.25, 20, 3)
     assert none == {"train": 0, "test": 0}
     assert len(empty.train) == len(parts.train) - 2
+
+
+def test_numeric_labels_of_a_regressor_stay_numbers(tmp_path: Path):
+    url = url_for_sqlite(tmp_path / "log.db")
+    _write(url, tmp_path / "spool", [
+        _entry("single", "predict", _record(0), 0),
+        _entry("batch", "predict", [_record(1), _record(2)], 1),
+        _entry("fb-1", "feedback", [
+            _fb(3650.5, "single"),
+            _fb(4100, "batch", row=1),  # a JSON integer is a number too
+            _fb(2875.25, record=_record(9)),
+            _fb(1.0, "unknown"),
+        ], 2),
+        _entry("fb-2", "feedback", [_fb(3700.0, "single")], 3),  # relabelled
+    ])  # fmt: skip
+    frame, summary = labelled_feedback(url, FEATURES, "body_mass")
+    assert frame["body_mass"].dtype == "float64"
+    assert frame["body_mass"].tolist() == [3700.0, 4100.0, 2875.25]
+    assert frame["island"].dtype == "str" and frame["bill_length_mm"].dtype == "float64"
+    assert (summary.task, summary.rows, summary.unresolved, summary.superseded) == (
+        "regression", 3, 1, 1,
+    )  # fmt: skip
+    assert summary.labels == {} and summary.label_range == [2875.25, 4100.0]
+    assert summary.as_dict()["label_range"] == [2875.25, 4100.0]
+    assert summary.fingerprint == data.fingerprint(frame)
+    # the task given: an empty log still gives a numeric target column
+    empty, _ = labelled_feedback(
+        url_for_sqlite(tmp_path / "none.db"), FEATURES, "body_mass", task="regression"
+    )
+    assert empty.empty and empty["body_mass"].dtype == "float64"
+    # a classifier's labels stay text, even when given as the task
+    labelled, _ = labelled_feedback(url, FEATURES, "body_mass", task="classification")
+    assert labelled["body_mass"].dtype == "str"
+    with pytest.raises(ValueError, match="unknown task"):
+        labelled_feedback(url, FEATURES, "body_mass", task="ranking")

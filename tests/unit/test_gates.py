@@ -21,7 +21,7 @@ LOGREG = {"C": 1.0, "max_iter": 1000}
 
 @pytest.fixture(scope="module")
 def parts():
-    df = data.load_source("palmerpenguins")
+    df = data.load_source("palmerpenguins:load_penguins")
     return data.split(df, target=TARGET, test_size=0.3, golden_size=30, seed=0)
 
 

@@ -19,6 +19,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 
+from nbship import tasks
 from nbship.packaging.bento import library_versions
 from nbship.pipeline import data, training
 from nbship.registry import gates, model_card
@@ -189,7 +190,7 @@ def _jsonable(results: list[gates.GateResult]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def world() -> World:
-    parts = data.split(data.load_source("palmerpenguins"), TARGET, 0.25, 24, 42)
+    parts = data.split(data.load_source("palmerpenguins:load_penguins"), TARGET, 0.25, 24, 42)
     logreg = training.build_candidate("logreg", FEATURES, {"C": 1.0, "max_iter": 1000})
     logreg_seconds = training.fit(logreg, parts.train, FEATURES, TARGET)
     baseline = training.build_candidate("baseline", FEATURES)
@@ -331,9 +332,10 @@ def test_metrics_side_by_side_with_champion_and_deltas(world: World, doc: Node) 
     header = ["metric", "split", "this version", f"champion {CHAMPION_TAG}", "Δ this - champion"]
     assert table[0] == header
     by_key = {(r[0].split()[0], r[1]): r[2:] for r in table[1:]}
-    assert len(by_key) == 2 * len(training.METRICS)
+    # a classifier's card: every classification metric, each split
+    assert len(by_key) == 2 * len(tasks.CLASSIFICATION_METRICS)
     for split in ("test", "train"):
-        for name, higher_is_better in training.METRICS.items():
+        for name, higher_is_better in tasks.CLASSIFICATION_METRICS.items():
             mine = world.challenger.metrics[split][name]
             theirs = world.champion.metrics[split][name]
             delta = mine - theirs

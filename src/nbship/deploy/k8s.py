@@ -38,7 +38,7 @@ class DeploymentSettings:
     """What varies between deployments of one bento image; the rest is fixed policy."""
 
     name: str  # e.g. the bento name; made DNS-safe for resource names ('_' -> '-')
-    image: str  # e.g. localhost/penguins_classifier:<bento version> pushed to a registry
+    image: str  # e.g. localhost/<bento name>:<bento version> pushed to a registry
     model_tag: str  # "<model>:<version>", shown in a label (shortened) and an annotation
     git_commit: str | None = None
     # the rest is env.yaml's `kubernetes:`, its defaults defined once in nbship.config

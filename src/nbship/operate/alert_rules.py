@@ -16,7 +16,10 @@ an `Alert` per rule that fires. The section::
         - {name: feature-drift, metric: drift_psi_max, op: ">", threshold: 0.2}
         - {name: errors, metric: error_rate, op: ">", threshold: 0.05}
         - {name: slow, metric: latency_p99_ms, op: ">", threshold: 200}
-        - {name: mix, metric: "prediction_share:Gentoo", op: ">", threshold: 0.6}
+        - {name: mix, metric: "prediction_share:churned", op: ">", threshold: 0.6}
+        # a regressor: its predictions against those on the training rows
+        # - {name: predictions, metric: prediction_psi, op: ">", threshold: 0.2}
+        # - {name: range, metric: prediction_out_of_range_share, op: ">", threshold: 0.05}
       sinks:
         - {type: log}
         - {type: webhook, url: "http://127.0.0.1:9999/hook", timeout_s: 2}
@@ -56,9 +59,13 @@ METRICS: dict[str, str] = {
     "drift_psi_max": "largest PSI among features whose change is significant",
     "drifted_features": "how many features are flagged as drifted",
     "dq_failures": "failed expectations of the suite on the window's inputs",
+    "prediction_psi": "a regressor's predictions: PSI against its predictions on the "
+    "training rows, 0 unless the change is significant",
+    "prediction_out_of_range_share": "a regressor's predictions: share outside the "
+    "training target's [min, max]",
 }
 PREFIXED_METRICS: dict[str, str] = {
-    "prediction_share": "share of predictions of a class (prediction_share:<class>)",
+    "prediction_share": "a classifier's share of predictions of a class (prediction_share:<class>)",
     "drift_psi": "a feature's PSI, 0 unless its change is significant (drift_psi:<feature>)",
     "validation_failures": "rejected requests naming a field (validation_failures:<field>)",
 }

@@ -4,8 +4,10 @@
 
 * `GET /` the page: the champion (id="champion"), headline numbers of the period
   (requests, error rate, latency p50/p99), charts over the period's windows (traffic,
-  latency p50/p99, error rate, drift PSI per feature), the registered versions with their
-  aliases, the prediction mix against training, drift per feature and the alerts;
+  latency p50/p99, error rate, drift PSI per feature; a regressor's predicted values),
+  the registered versions with their aliases, what the model answered against training
+  (a classifier's prediction mix; a regressor's prediction distribution and the share
+  of predictions outside the training target's range), drift per feature and the alerts;
 * `GET /api/summary` the same numbers as JSON (see `build_summary`);
 * `GET /fragment` the page's live part (charts and tables) alone, for the refresh;
 * `GET /healthz` "ok".
@@ -15,7 +17,8 @@ aligned to UTC by `windows.window_bounds`, so they are the windows the alert rul
 and of the whole period; the charts, the prediction mix and the alerts are the
 monitor report's (`sections`). Drift compares the inputs of successful requests with the
 training reference profile: the one given, else the `drift_profile` the pipeline stored
-with the champion in the registry.
+with the champion in the registry. The served model's task is the champion's metadata
+`task`, else the profile's (`windows.served_task`; "classification" when nothing says).
 
 The page works offline: charts are matplotlib SVG inlined in the HTML, the only script
 is inline (it re-reads /api/summary and /fragment every `refresh_seconds`), and a
@@ -58,7 +61,7 @@ from nbship.drift import (
 from nbship.operate import sections
 from nbship.operate.alert_store import ALERTS_TABLE, AlertStore
 from nbship.operate.sections import Timeline, drift_verdict, when
-from nbship.operate.windows import window_bounds, window_metrics, window_row
+from nbship.operate.windows import served_task, window_bounds, window_metrics, window_row
 from nbship.prediction_log import read_log
 from nbship.registry.versions import CHAMPION, ModelVersion, Registry, RegistryError
 
@@ -251,6 +254,44 @@ def _drift_rows(drift: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     return {name: {k: r.get(k) for k in keys} for name, r in drift.items()}
 
 
+_PREDICTION_KEYS = (
+    "n",
+    "psi",
+    "pvalue",
+    "ks_pvalue",
+    "mean",
+    "reference_mean",
+    "out_of_range",
+    "out_of_range_share",
+    "target_range",
+    "enough_rows",
+    "drifted",
+    "live_proportions",
+)
+
+
+def _regression_period(
+    whole: Mapping[str, Any], reference: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A regressor's predictions of the period against those on the training rows."""
+    result = whole.get("prediction_drift")
+    training = (reference or {}).get("predictions")
+    return {
+        "prediction_psi": whole.get("prediction_psi"),
+        "prediction_out_of_range_share": whole.get("prediction_out_of_range_share"),
+        "prediction_quantiles": dict(whole.get("prediction_quantiles") or {}),
+        "prediction_drift": None
+        if result is None
+        else {k: result.get(k) for k in _PREDICTION_KEYS},
+        "training_predictions": None
+        if training is None
+        else {
+            k: training.get(k) for k in ("n", "mean", "std", "min", "max", "edges", "proportions")
+        },
+        "target_range": (reference or {}).get("target_range"),
+    }
+
+
 def build_summary(
     *,
     registry_url: str,
@@ -275,9 +316,14 @@ def build_summary(
     requests in the period); `period` (since, until: whole windows; requests, errors,
     error_rate, server_error_rate, validation_failures, records, latency_p50_ms,
     latency_p99_ms, predictions {label: n}, training_classes {label: share}, models
-    {tag: requests}); `windows` (each: start, end, requests, errors, error_rate,
-    server_error_rate, latency_p50_ms, latency_p99_ms, predictions, drift_psi {feature:
-    PSI, None under min_rows}); `latest` (the current window's row); `drift` (source
+    {tag: requests}; and for a regressor: prediction_psi, prediction_out_of_range_share,
+    prediction_quantiles {p10, p50, p90}, prediction_drift {n, psi, pvalue, mean,
+    reference_mean, out_of_range, out_of_range_share, target_range, enough_rows,
+    drifted, live_proportions} or None); `task` ("classification" / "regression");
+    `windows` (each: `windows.window_row`: start, end, requests, errors, error_rate,
+    server_error_rate, latency_p50_ms, latency_p99_ms, predictions, prediction_p10/p50/
+    p90, prediction_psi, prediction_out_of_range_share, drift_psi {feature: PSI, None
+    under min_rows}); `latest` (the current window's row); `drift` (source
     "given"/"champion"/None, `latest` {window_start, window_end, features} of the newest
     window with enough rows or None, `period` {feature: kind, n, psi, pvalue,
     enough_rows, drifted}, drifted_count); `alerts` (Alert.to_dict() of the period, None
@@ -302,10 +348,13 @@ def build_summary(
     except (SQLAlchemyError, OSError) as exc:
         problems.append(_problem("prediction log", log_url, exc))
         log = read_log("sqlite:///:memory:")  # an empty frame of the right shape
+    metadata = champion.extra if champion is not None else None
+    task = served_task(reference, metadata, log.loc[log["status"] == "ok", "outputs"])
     options: dict[str, Any] = {
         "min_rows": min_rows,
         "psi_threshold": psi_threshold,
         "pvalue_threshold": pvalue_threshold,
+        "task": task,
     }
     stamps = log["ts"]
     windows: list[dict[str, Any]] = []
@@ -392,7 +441,9 @@ def build_summary(
             "predictions": dict(whole["predictions"]),
             "training_classes": dict((reference or {}).get("classes") or {}),
             "models": models,
+            **(_regression_period(whole, reference) if task == "regression" else {}),
         },
+        "task": task,
         "windows": windows,
         "latest": windows[-1],
         "drift": {
@@ -456,6 +507,10 @@ def _charts(summary: Mapping[str, Any], psi_threshold: float) -> list[page.Html]
     ]
     if features := list(summary["drift"]["period"]):
         charts.append(sections.drift_chart(timeline, features, psi_threshold))
+    if summary.get("task") == "regression":
+        period = summary["period"]
+        training = period.get("training_predictions")
+        charts.append(sections.predictions_chart(timeline, training, period.get("target_range")))
     return charts
 
 
@@ -545,8 +600,22 @@ def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
         )
     parts.append(page.section("versions-section", "Model versions", _versions_section(summary)))
     period = summary["period"]
-    mix = sections.mix_table(period["predictions"], period["training_classes"], table_id="mix")
-    parts.append(page.section("mix-section", "Prediction mix", mix))
+    if summary.get("task") == "regression":
+        table = (
+            page.note("No training predictions in the reference profile: not compared.")
+            if period["prediction_drift"] is None and period["records"]
+            else sections.predictions_table(
+                period["prediction_drift"],
+                period["training_predictions"],
+                period["prediction_quantiles"],
+                table_id="predictions",
+            )
+        )
+        title = "Prediction distribution"
+        parts.append(page.section("predictions-section", title, table))
+    else:
+        mix = sections.mix_table(period["predictions"], period["training_classes"], table_id="mix")
+        parts.append(page.section("mix-section", "Prediction mix", mix))
     parts.append(
         page.section(
             "drift-section", "Drift per feature", _drift_section(summary, summary["min_rows"])
@@ -580,6 +649,10 @@ def _page(summary: Mapping[str, Any], live: str, refresh_seconds: float) -> str:
             _tile("drifted features", "drift.drifted_count", summary["drift"]["drifted_count"]),
         ]
     )
+    if summary.get("task") == "regression":
+        share = period.get("prediction_out_of_range_share")
+        tiles += _tile("predictions out of range", "period.prediction_out_of_range_share",
+                       share, "pct")  # fmt: skip
     metric_name = selection.get("name") or "test metric"
     span_text, window_text = page.escape(_span(span)), page.escape(_span(window))
     return f"""<!DOCTYPE html>

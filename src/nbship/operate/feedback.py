@@ -6,13 +6,17 @@ the items: `{label, request_id, row}` (the true label of a logged prediction) or
 row of the training table: a record as given, a request id resolved to the inputs of
 that logged `/predict` call (its `row`-th record for a batch).
 
-When the same prediction is labelled twice, the later label wins. An item naming a
-request the log does not hold (never logged, or purged by retention) cannot become a
-row: it is counted in the summary, not guessed.
+The label is the true outcome: one of the classes for a classifier (text, as the
+training table holds it), a number for a regressor (it stays a number: the target
+column is float64). When the same prediction is labelled twice, the later label wins.
+An item naming a request the log does not hold (never logged, or purged by retention)
+cannot become a row: it is counted in the summary, not guessed.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,7 +34,9 @@ ID_CHUNK = 500  # request ids per query (SQLite allows a few thousand bound valu
 class FeedbackSummary:
     """What the export found: `rows` became training rows, `unresolved` named requests
     the log does not hold, `superseded` were relabelled later; `until` is the time of
-    the newest feedback entry read (None when there was none)."""
+    the newest feedback entry read (None when there was none). `labels` counts the rows
+    per class (classification); a regressor's `label_range` is [min, max] of its
+    numeric labels (None without rows)."""
 
     rows: int
     entries: int
@@ -40,6 +46,8 @@ class FeedbackSummary:
     until: datetime | None
     fingerprint: str
     labels: dict[str, int] = field(default_factory=dict)
+    task: str = "classification"
+    label_range: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +59,8 @@ class FeedbackSummary:
             "until": None if self.until is None else self.until.isoformat(),
             "fingerprint": self.fingerprint,
             "labels": self.labels,
+            "task": self.task,
+            "label_range": self.label_range,
         }
 
 
@@ -63,11 +73,33 @@ def _logged_record(inputs: Any, row: int) -> dict[str, Any] | None:
     return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _labels_task(labels: Iterable[Any]) -> str:
+    """What labels say of the task: all numbers (JSON numbers, not text) a regressor's;
+    a classifier's labels are its class names, text."""
+    found = list(labels)
+    return "regression" if found and all(_is_number(v) for v in found) else "classification"
+
+
 def labelled_feedback(
-    url: str, features: Features, target: str, *, until: datetime | None = None
+    url: str,
+    features: Features,
+    target: str,
+    *,
+    until: datetime | None = None,
+    task: str | None = None,
 ) -> tuple[pd.DataFrame, FeedbackSummary]:
     """Every labelled feedback item in the log at `url` (up to `until`, exclusive) as a
-    table of the feature columns + `target`, oldest first, and a summary of the export."""
+    table of the feature columns + `target`, oldest first, and a summary of the export.
+
+    `task` ("classification" / "regression"): the served model's, which sets the
+    target's dtype (text, or float64); None reads it from the labels (numbers:
+    regression), which an empty log cannot tell: give it."""
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"unknown task {task!r}: classification or regression")
     columns = features.columns
     entries = read_log(url, kind=FEEDBACK_KIND, until=until)
     items = [
@@ -76,6 +108,10 @@ def labelled_feedback(
         for item in (inputs if isinstance(inputs, list) else [])
         if isinstance(item, dict) and item.get("label") is not None
     ]
+    task = task or _labels_task(item["label"] for _, item in items)
+    regression = task == "regression"
+    if regression:  # a label that is no finite number cannot be a training row
+        items = [(ts, i) for ts, i in items if _finite(i["label"])]
     wanted = {i["request_id"] for _, i in items if i.get("request_id")}
     predictions: dict[str, Any] = {}  # request id -> its logged /predict body
     ids = sorted(wanted)
@@ -101,7 +137,11 @@ def labelled_feedback(
             superseded += 1
         by_subject[subject] = {**{c: record.get(c) for c in columns}, target: item["label"]}
     frame = pd.DataFrame(list(by_subject.values()), columns=[*columns, target])
-    frame = _typed(frame, features, target)
+    frame = _typed(frame, features, target, regression=regression)
+    label_range = None
+    if regression and frame[target].notna().any():
+        label_range = [float(frame[target].min()), float(frame[target].max())]
+    counts = {} if regression else dict(frame[target].value_counts().sort_index())
     summary = FeedbackSummary(
         rows=len(frame),
         entries=len(entries),
@@ -110,18 +150,28 @@ def labelled_feedback(
         superseded=superseded,
         until=None if entries.empty else entries["ts"].max().to_pydatetime(),
         fingerprint=fingerprint(frame),
-        labels={str(k): int(v) for k, v in frame[target].value_counts().sort_index().items()},
+        labels={str(k): int(v) for k, v in counts.items()},
+        task=task,
+        label_range=label_range,
     )
     return frame, summary
 
 
-def _typed(frame: pd.DataFrame, features: Features, target: str) -> pd.DataFrame:
+def _finite(value: Any) -> bool:
+    """A number a regressor's label can be (not text, not NaN or infinite)."""
+    return _is_number(value) and math.isfinite(value)
+
+
+def _typed(
+    frame: pd.DataFrame, features: Features, target: str, *, regression: bool = False
+) -> pd.DataFrame:
     """Numbers as float64 and the rest as text, the dtypes of the training table, so the
-    two concatenate (and fingerprint) alike."""
+    two concatenate (and fingerprint) alike; a regressor's target is a number."""
     out = frame.copy()
-    for c in features.numeric:
+    numeric = [*features.numeric, target] if regression else list(features.numeric)
+    for c in numeric:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
-    for c in [*features.categorical, target]:
+    for c in [*features.categorical, *([] if regression else [target])]:
         out[c] = out[c].astype("str")
     return out
 

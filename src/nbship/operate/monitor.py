@@ -6,10 +6,12 @@ alerts that fired (`alert_store`, once per rule and window) and sends the new on
 the sinks (`alert_sinks`), then writes the report.
 `build_report` makes the report alone: one self-contained HTML page with a summary,
 the live distribution of every feature against the training reference, drift (PSI) per
-feature over time, the prediction mix, latency and error rate over time, the results of
-the expectations suite on the period's inputs, and the alerts of the period. What the
-dashboard shows too (the charts over time, the prediction mix, the alerts) is rendered
-by `sections` for both pages; the rest is the report's own.
+feature over time, what the model answered (a classifier's prediction mix; a regressor's
+prediction distribution against its predictions on the training rows, and the share of
+predictions outside the training target's range), latency and error rate over time, the
+results of the expectations suite on the period's inputs, and the alerts of the period.
+What the dashboard shows too (the charts over time, the prediction mix or distribution,
+the alerts) is rendered by `sections` for both pages; the rest is the report's own.
 
 Windows are aligned to UTC (`windows.window_bounds`), and the period is widened to
 whole windows, so two runs over overlapping periods see the same windows and an alert
@@ -19,7 +21,6 @@ scripts, nothing fetched, every text escaped.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,7 +47,7 @@ from nbship.operate.alert_rules import Alert, MonitorConfig, Rule, evaluate, par
 from nbship.operate.alert_sinks import Delivery, send
 from nbship.operate.alert_store import AlertStore
 from nbship.operate.sections import LIVE, TRAINING, Timeline, drift_verdict, pct, when
-from nbship.operate.windows import window_bounds, window_metrics, window_row
+from nbship.operate.windows import served_task, window_bounds, window_metrics, window_row
 from nbship.prediction_log import read_log
 
 SECTIONS = (
@@ -54,11 +55,12 @@ SECTIONS = (
     ("alerts", "Alerts"),
     ("distributions", "Distributions: live vs training"),
     ("drift", "Drift over time"),
-    ("mix", "Prediction mix over time"),
+    ("mix", "Prediction mix over time"),  # a regressor's: REGRESSION_TITLES
     ("latency", "Latency over time"),
     ("errors", "Errors over time"),
     ("quality", "Data quality"),
 )
+REGRESSION_TITLES = {"mix": "Predictions over time"}
 _CSS_EXTRA = "td.drifted { background: #fbdcdc; font-weight: 600; }"
 
 
@@ -77,6 +79,11 @@ class _Analysis:
     rules: Sequence[Rule] = ()
     alerts: list[Alert] = field(default_factory=list)
     suite_path: str | Path | None = None
+    task: str = "classification"
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
     @cached_property
     def timeline(self) -> Timeline:
@@ -97,16 +104,21 @@ def _analyse(
     min_rows: int,
     psi_threshold: float,
     pvalue_threshold: float,
+    task: str | None = None,
 ) -> _Analysis:
     if profile is not None:
         check_profile(profile)
     bounds = window_bounds(since, until, window)
     start, end = bounds[0][0], bounds[-1][1]
     log = read_log(log_url, since=start, until=end)
+    if task is None:
+        answered = log[(log["kind"] == "predict") & (log["status"] == "ok")]
+        task = served_task(profile, outputs=answered["outputs"])
     options: dict[str, Any] = {
         "min_rows": min_rows,
         "psi_threshold": psi_threshold,
         "pvalue_threshold": pvalue_threshold,
+        "task": task,
     }
     # the suite (Great Expectations) per window only when a rule asks for it
     per_window_suite = suite_path if any(r.metric == "dq_failures" for r in rules) else None
@@ -130,6 +142,7 @@ def _analyse(
         psi_threshold=psi_threshold,
         rules=tuple(rules),
         suite_path=suite_path,
+        task=task,
     )
 
 
@@ -173,6 +186,7 @@ def _summary(analysis: _Analysis) -> list[str]:
                     if drifted
                     else page.badge("none", "pass"),
                 ),
+                *_prediction_summary(analysis),
                 ("alerts in the period", len(analysis.alerts)),
             ]
         )
@@ -184,6 +198,21 @@ def _summary(analysis: _Analysis) -> list[str]:
     if analysis.profile is None:
         parts.append(page.note("No training reference profile: drift is not computed."))
     return parts
+
+
+def _prediction_summary(analysis: _Analysis) -> list[tuple[str, Any]]:
+    """A regressor's predictions in the summary: their drift and the out-of-range share."""
+    if not analysis.regression:
+        return []
+    result = analysis.period["prediction_drift"]
+    if result is None:
+        return [("predictions against training", "no training predictions in the profile")]
+    verdict = drift_verdict(result) if result.get("psi") is not None else None
+    return [
+        ("PSI of predictions against training", result.get("psi")),
+        ("predictions against training", verdict),
+        ("predictions outside the training target's range", pct(result["out_of_range_share"])),
+    ]
 
 
 def _latency_text(metrics: Mapping[str, Any]) -> str | None:
@@ -202,21 +231,13 @@ def _alerts_section(analysis: _Analysis) -> list[str]:
     return parts
 
 
-def _bin_labels(edges: Sequence[float]) -> list[str]:
-    if not edges:
-        return ["all"]
-    labels = [f"≤{edges[0]:g}"]
-    labels += [f"({a:g}, {b:g}]" for a, b in itertools.pairwise(edges)]
-    return [*labels, f">{edges[-1]:g}"]
-
-
 def _distribution_figure(
     i: int, name: str, reference: Mapping[str, Any], live: Mapping[str, Any] | None
 ) -> page.Html:
     """Training vs live shares of one feature: over the reference's quantile bins
     (numeric) or categories (categorical), with the missing share as a last bar."""
     if reference["kind"] == "numeric":
-        groups = _bin_labels(reference["edges"])
+        groups = sections.bin_labels(reference["edges"])
         train = list(reference["proportions"])
         shown = list((live or {}).get("live_proportions") or [0.0] * len(train))
     else:
@@ -275,6 +296,10 @@ def _distributions(analysis: _Analysis) -> list[str]:
         _distribution_figure(i, name, reference, drift.get(name))
         for i, (name, reference) in enumerate(analysis.profile["features"].items())
     ]
+    reference = analysis.profile.get("predictions")
+    if analysis.regression and reference is not None:
+        live = analysis.period["prediction_drift"]
+        figures.append(_distribution_figure(len(figures), "(predictions)", reference, live))
     return [
         page.note(
             f"The whole period's inputs of successful requests against the training data "
@@ -329,6 +354,8 @@ def _cell_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
 
 
 def _mix_section(analysis: _Analysis) -> list[str]:
+    if analysis.regression:
+        return _predictions_section(analysis)
     training = (analysis.profile or {}).get("classes", {})
     predictions = analysis.period["predictions"]
     classes = sections.mix_classes(predictions, training)
@@ -336,6 +363,28 @@ def _mix_section(analysis: _Analysis) -> list[str]:
         return [page.note("No predictions in the period.")]
     figure = sections.mix_chart(analysis.timeline, classes)
     return [figure, sections.mix_table(predictions, training)]
+
+
+def _predictions_section(analysis: _Analysis) -> list[str]:
+    """A regressor's predictions over time and against its predictions on training."""
+    period = analysis.period
+    profile = analysis.profile or {}
+    if not period["records"] and not any(w["records"] for w in analysis.windows):
+        return [page.note("No predictions in the period.")]
+    reference = profile.get("predictions")
+    figure = sections.predictions_chart(analysis.timeline, reference, profile.get("target_range"))
+    parts: list[str] = [figure]
+    if period["prediction_drift"] is None:
+        parts.append(
+            page.note("No training predictions in the profile: their drift is not computed.")
+        )
+    else:
+        parts.append(
+            sections.predictions_table(
+                period["prediction_drift"], reference, period.get("prediction_quantiles")
+            )
+        )
+    return parts
 
 
 def _latency_section(analysis: _Analysis) -> list[str]:
@@ -402,8 +451,9 @@ def _render(analysis: _Analysis, title: str) -> str:
         "errors": _errors_section(analysis),
         "quality": _quality_section(analysis),
     }
-    sections = "\n".join(page.section(a, t, bodies[a]) for a, t in SECTIONS)
-    nav = "".join(f'<a href="#{a}">{page.escape(t)}</a>' for a, t in SECTIONS)
+    titles = [(a, REGRESSION_TITLES.get(a, t) if analysis.regression else t) for a, t in SECTIONS]
+    sections = "\n".join(page.section(a, t, bodies[a]) for a, t in titles)
+    nav = "".join(f'<a href="#{a}">{page.escape(t)}</a>' for a, t in titles)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     status = (
         page.badge(f"{len(analysis.alerts)} alert(s)", "fail")
@@ -447,6 +497,7 @@ def build_report(
     psi_threshold: float = DEFAULT_PSI_THRESHOLD,
     pvalue_threshold: float = DEFAULT_PVALUE_THRESHOLD,
     title: str = "Live traffic monitor",
+    task: str | None = None,
 ) -> str:
     """The monitor report of the prediction log at `log_url` for [since, until) (naive
     times are UTC; widened to whole windows) as one self-contained HTML page.
@@ -455,6 +506,8 @@ def build_report(
     `suite_path`: the expectations suite run on the period's inputs. `rules`: shown, and
     evaluated per window (the alerts they fire are listed, not recorded or sent);
     `alert_url`: the AlertStore database whose alerts in the period are listed too.
+    `task`: the served model's ("classification" / "regression"; default: the profile's,
+    see `windows.served_task`).
     """
     analysis = _analyse(
         log_url,
@@ -467,6 +520,7 @@ def build_report(
         min_rows=min_rows,
         psi_threshold=psi_threshold,
         pvalue_threshold=pvalue_threshold,
+        task=task,
     )
     stored: list[Alert] = []
     if alert_url is not None:
@@ -499,13 +553,15 @@ def run_monitor(
     *,
     suite_path: str | Path | None = None,
     title: str = "Live traffic monitor",
+    task: str | None = None,
 ) -> MonitorResult:
     """One monitor run over [since, until): metrics per window, rules checked, alerts
     recorded in the AlertStore at `alert_url` (default: the prediction log's database)
     once per rule and window, the new ones sent to the configured sinks, and the report
     written atomically to `out_path`. `config` is a MonitorConfig or the `monitoring`
     section of env.yaml (parsed with alerts.parse_config; ConfigError when it is wrong).
-    A sink that fails is logged and reported in `deliveries`, never raised."""
+    A sink that fails is logged and reported in `deliveries`, never raised. `task` as
+    in `build_report`."""
     if not isinstance(config, MonitorConfig):
         config = parse_config(config)
     analysis = _analyse(
@@ -519,6 +575,7 @@ def run_monitor(
         min_rows=config.min_rows,
         psi_threshold=config.psi_threshold,
         pvalue_threshold=config.pvalue_threshold,
+        task=task,
     )
     fired = _fired(analysis)
     with AlertStore(alert_url or log_url) as store:

@@ -1,8 +1,12 @@
 """The window sections the monitor report and the dashboard both show, rendered once.
 
 Both pages show a period of live traffic in windows (`windows.window_bounds`): charts of
-requests, latency, error rate, drift (PSI) per feature and the prediction mix over the
-windows, the prediction mix against training, drift verdicts and the alerts. Each is
+requests, latency, error rate, drift (PSI) per feature and what the model answered over
+the windows, what it answered against training, drift verdicts and the alerts. What the
+model answered is, for a classifier, the prediction mix (class shares, `mix_*`) and,
+for a regressor, the prediction distribution (`predictions_*`: quantiles per window,
+the distribution against the predictions on the training rows, the share outside the
+training target's range). Each is
 made here, from `windows.window_row`s and the period's `window_metrics`, so the two pages
 show the same thing the same way; each page keeps only what is its own (the monitor:
 distributions, PSI per window, data quality; the dashboard: versions, tiles, refresh).
@@ -14,6 +18,7 @@ CHART_TITLES; every text is escaped.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +41,7 @@ CHART_TITLES = {
     "errors": "Error rate",
     "drift": "Drift (PSI) per feature",
     "mix": "Predicted classes per window",
+    "predictions": "Predicted values per window",
 }
 _CHART_SIZE = (7.2, 2.6)  # inches: one chart the width of the page's text
 
@@ -234,7 +240,97 @@ def mix_chart(timeline: Timeline, classes: Sequence[str]) -> page.Html:
     return _chart("mix", timeline, draw, "stacked shares")
 
 
+def predictions_chart(
+    timeline: Timeline,
+    reference: Mapping[str, Any] | None = None,
+    target_range: Sequence[float] | None = None,
+) -> page.Html:
+    """A regressor's predictions per window: the median and the 10th-90th percentile
+    band, against the mean of its predictions on the training rows (dashed) and the
+    training target's range (dotted)."""
+
+    def draw(ax: Axes, x: np.ndarray) -> None:
+        low, mid, high = (timeline.column(f"prediction_p{q}") for q in (10, 50, 90))
+        ax.fill_between(x, low, high, color=LIVE, alpha=0.25, label="live p10-p90")
+        ax.plot(x, mid, marker="o", markersize=3, color=LIVE, label="live median")
+        if reference is not None and reference.get("mean") is not None:
+            mean = float(reference["mean"])
+            ax.axhline(mean, color=TRAINING, linestyle="--", linewidth=1, label="training mean")
+        if target_range is not None:
+            for bound in target_range:
+                ax.axhline(float(bound), color=LIMIT, linestyle=":", linewidth=1)
+        ax.set_ylabel("prediction")
+
+    caption = f"windows with fewer than {timeline.min_rows} predictions are left out" + (
+        "; dotted: the training target's range" if target_range is not None else ""
+    )
+    return _chart("predictions", timeline, draw, caption)
+
+
 # tables -------------------------------------------------------------------------------------
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """The names of a numeric profile's bins (its quantile edges), and a last one."""
+    if not edges:
+        return ["all"]
+    labels = [f"≤{edges[0]:g}"]
+    labels += [f"({a:g}, {b:g}]" for a, b in itertools.pairwise(edges)]
+    return [*labels, f">{edges[-1]:g}"]
+
+
+def predictions_table(
+    result: Mapping[str, Any] | None,
+    reference: Mapping[str, Any] | None,
+    quantiles: Mapping[str, Any] | None = None,
+    table_id: str = "",
+) -> page.Html:
+    """A regressor's predictions of the period against its predictions on the training
+    rows (`result`: `drift.prediction_drift`'s, `reference`: the profile's `predictions`):
+    the summary, the verdict, the share outside the training target's range, and the
+    share of predictions per training quantile bin."""
+    if result is None or not result.get("n"):
+        return page.note("No predictions in the period.")
+    bounds = result.get("target_range")
+    q = quantiles or {}
+    training_mean = (reference or {}).get("mean")
+    outside: Any = "—"
+    range_label = "outside the training target's range"
+    if bounds:
+        range_label += f" [{bounds[0]:g}, {bounds[1]:g}]"
+        share = result.get("out_of_range_share")
+        shown = "" if share is None else f" ({100 * float(share):.1f}%)"
+        outside = f"{result['out_of_range']}{shown}"
+    summary = page.kv(
+        [
+            ("predictions", result["n"]),
+            (
+                "mean (live / training)",
+                f"{page.fmt(result.get('mean'))} / {page.fmt(training_mean)}",
+            ),
+            (
+                "p10 / p50 / p90 (live)",
+                " / ".join(page.fmt(q.get(k)) for k in ("p10", "p50", "p90")),
+            ),
+            ("PSI against the training predictions", result.get("psi")),
+            ("KS p-value", result.get("ks_pvalue")),
+            ("verdict", drift_verdict(result) if reference is not None else "—"),
+            (range_label, outside),
+        ]
+    )
+    if reference is None:
+        return summary
+    live = list(result.get("live_proportions") or [])
+    rows = [
+        (label, pct(train), pct(live[i]) if i < len(live) else None)
+        for i, (label, train) in enumerate(
+            zip(bin_labels(reference["edges"]), reference["proportions"], strict=False)
+        )
+    ]
+    header = ("predicted value (training quantile bin)", "share in training", "share in the period")
+    return page.Html(
+        summary + page.table(header, rows, caption="Prediction distribution", table_id=table_id)
+    )
 
 
 def mix_classes(predictions: Mapping[str, int], training: Mapping[str, float]) -> list[str]:

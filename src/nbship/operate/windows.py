@@ -4,9 +4,14 @@
 hour), so every run over overlapping periods sees the same windows and an alert is
 recorded once. `window_metrics` turns the prediction log's rows of one window into
 numbers (request count, error rate, validation failures per field, latency quantiles,
-prediction mix, feature drift against the training reference, data-quality failures of
-the expectations suite), the numbers the alert rules (`alert_rules.METRICS`) name;
-`window_row` is the part of them the pages chart, one row per window.
+what the model answered, feature drift against the training reference, data-quality
+failures of the expectations suite), the numbers the alert rules (`alert_rules.METRICS`)
+name; `window_row` is the part of them the pages chart, one row per window.
+
+What the model answered depends on its task (`served_task`): a classifier's prediction
+mix (the share of each predicted class, against the training class shares), or a
+regressor's prediction distribution (its PSI against the predictions on the training
+rows, and the share of predictions outside the training target's range).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from nbship.drift import (
     DEFAULT_PVALUE_THRESHOLD,
     check_profile,
     feature_drift,
+    prediction_drift,
+    profile_task,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +65,7 @@ def window_bounds(
 
 # the metrics of a window --------------------------------------------------------------------
 
-# "0.island", "body", "[0, 'island']": the last part of an error location that is a name
+# "0.age", "body", "[0, 'age']": the last part of an error location that is a name
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNT_HEADER = re.compile(r"^\d+ validation errors? for ")
 
@@ -103,7 +110,7 @@ def failed_fields(message: str | None, known: Iterable[str] = ()) -> list[str]:
     """The fields a validation error message names, each once, in order.
 
     Tolerant of what the service may log: BentoML's JSON answer to an invalid request
-    (`{"error": "...", "detail": [{"loc": [0, "island"], ...}]}`) or any JSON holding
+    (`{"error": "...", "detail": [{"loc": [0, "age"], ...}]}`) or any JSON holding
     pydantic's error list, pydantic's text (`N validation errors for X` then one
     unindented location line per error), or `field: message` lines. When none of these
     give a field, the `known` field names found in the text; else `UNKNOWN_FIELD`.
@@ -136,14 +143,56 @@ def _records(value: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _labels(value: Any) -> list[str]:
-    """The predicted labels a log row's outputs hold: a list of {label, probabilities},
-    one such dict, or the whole response ({"predictions": [...]})."""
+def _answers(value: Any) -> list[Mapping[str, Any]]:
+    """The answers a log row's outputs hold, one per record: a list of them, one alone,
+    or the whole response ({"predictions": [...]})."""
     if isinstance(value, Mapping):
         value = value.get("predictions", [value])
     if not isinstance(value, list):
         return []
-    return [str(v["label"]) for v in value if isinstance(v, Mapping) and "label" in v]
+    return [v for v in value if isinstance(v, Mapping)]
+
+
+def _labels(value: Any) -> list[str]:
+    """The predicted labels of a classifier's outputs ({label, probabilities} each)."""
+    return [str(v["label"]) for v in _answers(value) if "label" in v]
+
+
+def _values(value: Any) -> list[float]:
+    """The predicted numbers of a regressor's outputs ({prediction: number} each); an
+    answer that is no finite number is left out."""
+    found = []
+    for answer in _answers(value):
+        number = answer.get("prediction")
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            continue
+        if math.isfinite(number):
+            found.append(float(number))
+    return found
+
+
+def served_task(
+    profile: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None = None,
+    outputs: Iterable[Any] = (),
+) -> str:
+    """The task of the model whose traffic is read: the model metadata's `task`, else
+    the profile's (`drift.profile_task`), else what its logged outputs look like
+    ({"prediction": number} answers are a regressor's), else "classification"."""
+    kind = (metadata or {}).get("task")
+    if kind in ("classification", "regression"):
+        return str(kind)
+    if profile:
+        found = profile_task(profile, default="")
+        if found:
+            return found
+    for value in outputs:
+        answers = _answers(value)
+        if any("label" in a for a in answers):
+            return "classification"
+        if any("prediction" in a for a in answers):
+            return "regression"
+    return "classification"
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
@@ -218,6 +267,7 @@ def window_metrics(
     min_rows: int = DEFAULT_MIN_ROWS,
     psi_threshold: float = DEFAULT_PSI_THRESHOLD,
     pvalue_threshold: float = DEFAULT_PVALUE_THRESHOLD,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """The metrics of one window of the prediction log (`read_log`'s frame).
 
@@ -225,11 +275,16 @@ def window_metrics(
     with start <= ts < end. Scalar metrics are flat keys, the names rules use (see
     alert_rules.METRICS and PREFIXED_METRICS); a rate, quantile or share is None when its
     denominator has fewer than `min_rows`, and so is drift (per feature, on the live
-    rows). Details for the pages: `models` {tag: requests}, `predictions` {label: count},
+    rows). Details for the pages: `task`, `models` {tag: requests}, `predictions`
+    {label: count} (a classifier's; empty for a regressor), `prediction_quantiles`
+    (a regressor's: {p10, p50, p90} of the window's predictions, None under `min_rows`),
+    `prediction_drift` (a regressor's: `drift.prediction_drift`'s result; None for a
+    classifier or without a profile),
     `validation_fields` {field: requests}, `drift` (feature_drift's result), `dq`
     (data_quality's result, when `suite_path` is given and there are `min_rows` records;
     else None). The inputs of successful requests are what drift and the suite see; the
-    rejected ones are counted per field instead.
+    rejected ones are counted per field instead. `task` ("classification" /
+    "regression"): the served model's, default `served_task(profile, outputs=...)`.
     """
     frame = log_df
     if "kind" in frame.columns:
@@ -253,11 +308,17 @@ def window_metrics(
     for tag in frame["model_tag"]:
         key = str(tag) if tag is not None and tag == tag else "(none)"
         models[key] = models.get(key, 0) + 1
+    task = task or served_task(profile, outputs=ok["outputs"])
+    regression = task == "regression"
     predictions: dict[str, int] = {}
+    values: list[float] = []
     for outputs in ok["outputs"]:
+        if regression:
+            values.extend(_values(outputs))
+            continue
         for label in _labels(outputs):
             predictions[label] = predictions.get(label, 0) + 1
-    n_predicted = sum(predictions.values())
+    n_predicted = len(values) if regression else sum(predictions.values())
     records = [r for inputs in ok["inputs"] for r in _records(inputs)]
 
     enough_requests = requests >= min_rows
@@ -273,8 +334,10 @@ def window_metrics(
         "records": len(records),
         "latency_p50_ms": None,
         "latency_p99_ms": None,
+        "task": task,
         "models": models,
         "predictions": predictions,
+        "prediction_drift": None,
         "validation_fields": fields,
         "drift": {},
         "drift_psi_max": None,
@@ -288,13 +351,23 @@ def window_metrics(
         metrics["latency_p99_ms"] = _quantile(latencies, 0.99)
     for name in [*features, *fields]:
         metrics[f"validation_failures:{name}"] = fields.get(name, 0)
-    classes = [*(profile or {}).get("classes", {}), *predictions]
-    for label in dict.fromkeys(classes):
-        share = predictions.get(label, 0) / n_predicted if n_predicted >= min_rows else None
-        metrics[f"prediction_share:{label}"] = share
+    if regression:
+        enough = len(values) >= min_rows
+        metrics["prediction_quantiles"] = {
+            f"p{round(100 * q)}": _quantile(values, q) if enough else None for q in (0.1, 0.5, 0.9)
+        }
+        metrics["prediction_psi"] = None
+        metrics["prediction_out_of_range_share"] = None
+    else:
+        classes = [*(profile or {}).get("classes", {}), *predictions]
+        for label in dict.fromkeys(classes):
+            share = predictions.get(label, 0) / n_predicted if n_predicted >= min_rows else None
+            metrics[f"prediction_share:{label}"] = share
 
     if profile is not None:
         check_profile(profile)
+        if regression:
+            _prediction_metrics(metrics, profile, values, min_rows, psi_threshold, pvalue_threshold)
         live = live_frame(records, profile)
         drift = feature_drift(
             profile,
@@ -308,10 +381,8 @@ def window_metrics(
         # (PSI is inflated on small windows): for the rules it counts as no drift
         gated: list[float] = []
         for name, result in drift.items():
-            value = None
-            if result["enough_rows"] and result["psi"] is not None:
-                p = result["pvalue"]
-                value = result["psi"] if p is not None and p < pvalue_threshold else 0.0
+            value = _gated_psi(result, pvalue_threshold)
+            if value is not None:
                 gated.append(value)
             metrics[f"drift_psi:{name}"] = value
         if gated:
@@ -323,11 +394,47 @@ def window_metrics(
     return metrics
 
 
+def _gated_psi(result: Mapping[str, Any], pvalue_threshold: float) -> float | None:
+    """A PSI for the rules: None under min_rows, 0.0 unless the test calls the change
+    significant (PSI is inflated on small windows: sampling noise alone gives some)."""
+    if not result["enough_rows"] or result["psi"] is None:
+        return None
+    p = result["pvalue"]
+    return float(result["psi"]) if p is not None and p < pvalue_threshold else 0.0
+
+
+def _prediction_metrics(
+    metrics: dict[str, Any],
+    profile: Mapping[str, Any],
+    values: Sequence[float],
+    min_rows: int,
+    psi_threshold: float,
+    pvalue_threshold: float,
+) -> None:
+    """A regressor's window: its predictions against the training predictions."""
+    result = prediction_drift(
+        profile,
+        values,
+        psi_threshold=psi_threshold,
+        pvalue_threshold=pvalue_threshold,
+        min_rows=min_rows,
+    )
+    if result is None:
+        return
+    metrics["prediction_drift"] = result
+    metrics["prediction_psi"] = _gated_psi(result, pvalue_threshold)
+    metrics["prediction_out_of_range_share"] = result["out_of_range_share"]
+
+
 def window_row(metrics: Mapping[str, Any], start: datetime, end: datetime) -> dict[str, Any]:
     """What the pages chart of one window (`metrics`: its `window_metrics`, or {} for a
-    window that was not computed): counts, rates, latency, the prediction mix, and each
-    feature's PSI, None where the window has too few rows to tell drift from noise."""
+    window that was not computed): counts, rates, latency, the prediction mix (a
+    classifier's) or the predictions' quantiles, PSI and out-of-range share (a
+    regressor's), and each feature's PSI, None where the window has too few rows to
+    tell drift from noise."""
     drift = metrics.get("drift") or {}
+    predicted = metrics.get("prediction_drift") or {}
+    quantiles = metrics.get("prediction_quantiles") or {}
     return {
         "start": start,
         "end": end,
@@ -338,5 +445,10 @@ def window_row(metrics: Mapping[str, Any], start: datetime, end: datetime) -> di
         "latency_p50_ms": metrics.get("latency_p50_ms"),
         "latency_p99_ms": metrics.get("latency_p99_ms"),
         "predictions": dict(metrics.get("predictions") or {}),
+        "prediction_p10": quantiles.get("p10"),
+        "prediction_p50": quantiles.get("p50"),
+        "prediction_p90": quantiles.get("p90"),
+        "prediction_psi": predicted.get("psi") if predicted.get("enough_rows") else None,
+        "prediction_out_of_range_share": predicted.get("out_of_range_share"),
         "drift_psi": {name: r["psi"] if r["enough_rows"] else None for name, r in drift.items()},
     }

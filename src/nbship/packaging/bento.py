@@ -29,9 +29,12 @@ import yaml
 
 from nbship.common.artifacts import read_model
 from nbship.config import PredictionLogSettings, validate_section
+from nbship.packaging.dependencies import PackagingError, find_dependencies, stage_project_code
 from nbship.pipeline.training import Features
 from nbship.project import log_settings, model_store_url
 from nbship.project import registry_url as project_registry_url
+
+__all__ = ["PackagingError", "package_winner", "publish"]
 
 # What of this package a bento ships: its top-level (core) modules and these stages,
 # each whole; a test imports the service from a staged folder to show nothing is missing.
@@ -47,10 +50,6 @@ BENTO_ENVS = {
     "PLOOMBER_STATS_ENABLED": "false",
     "PLOOMBER_VERSION_CHECK_DISABLED": "1",
 }
-
-
-class PackagingError(RuntimeError):
-    pass
 
 
 def library_versions(names: Sequence[str] = RECORDED_VERSIONS) -> dict[str, str]:
@@ -122,8 +121,19 @@ def serving_requirements(project_dir: str | Path) -> str:
     return result.stdout
 
 
+def model_signatures(classification: bool) -> dict[str, dict[str, bool]]:
+    """What the saved model answers: predict, and predict_proba for a classifier."""
+    methods = ("predict", "predict_proba") if classification else ("predict",)
+    return {method: {"batchable": False} for method in methods}
+
+
 def save_model(
-    model: Any, name: str, metadata: Mapping[str, Any], labels: Mapping[str, str]
+    model: Any,
+    name: str,
+    metadata: Mapping[str, Any],
+    labels: Mapping[str, str],
+    *,
+    classification: bool = True,
 ) -> str:
     """Saves to the BentoML model store; returns the explicit `name:version` tag."""
     import bentoml
@@ -133,7 +143,7 @@ def save_model(
         model,
         metadata=dict(metadata),
         labels=dict(labels),
-        signatures={"predict_proba": {"batchable": False}, "predict": {"batchable": False}},
+        signatures=model_signatures(classification),
     )
     return str(ref.tag)
 
@@ -145,6 +155,16 @@ def served_modules() -> list[Path]:
     for name in SERVED_SUBPACKAGES:
         files += sorted((package_dir / name).rglob("*.py"))
     return [path.relative_to(package_dir) for path in files]
+
+
+def served_module_names() -> list[str]:
+    """The dotted names of the nbship modules a bento ships."""
+    names = []
+    for module in served_modules():
+        parts = module.with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        names.append(".".join(("nbship", *parts)))
+    return names
 
 
 def copy_served_package(dest: Path) -> None:
@@ -162,9 +182,12 @@ def stage_build_context(
     requirements: str,
     model_tag: str,
     labels: Mapping[str, str],
+    project_files: Mapping[str, Path] | None = None,
 ) -> None:
-    """Writes the bento's source folder and its bentofile.yaml."""
+    """Writes the bento's source folder and its bentofile.yaml; `project_files` (path in
+    the bento -> source) is the project's own code the model needs."""
     copy_served_package(staging / "nbship")
+    shipped = stage_project_code(project_files or {}, staging)
     (staging / "expectations").mkdir()
     shutil.copy2(suite_path, staging / "expectations" / suite_path.name)
     (staging / "serving.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -173,7 +196,7 @@ def stage_build_context(
         "service": "nbship.serving.bento_service:ModelService",
         "name": config["bento_name"],
         "labels": dict(labels),
-        "include": ["nbship/**/*.py", "expectations/*.json", "serving.json"],
+        "include": ["nbship/**/*.py", "expectations/*.json", "serving.json", *shipped],
         "python": {"requirements_txt": "requirements.txt", "lock_packages": False},
         "models": [model_tag],
         "envs": [{"name": k, "value": v} for k, v in BENTO_ENVS.items()],
@@ -197,8 +220,9 @@ def build_bento(staging: Path) -> str:
     return tag
 
 
-def publish(bento_tag: str, link: str | Path) -> Path:
-    """Exports the bento as a folder beside `link` and points `link` at it atomically."""
+def export_bento(bento_tag: str, link: str | Path) -> Path:
+    """Exports the bento as a folder beside `link` (which it does not touch): the step of
+    publishing that can fail, done before anything changes. Returns the folder."""
     import bentoml
 
     link = Path(link).absolute()  # BentoML's export reads a relative path as from "/"
@@ -216,6 +240,12 @@ def publish(bento_tag: str, link: str | Path) -> Path:
         exported.rename(version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return version_dir
+
+
+def point_link(link: str | Path, version_dir: Path) -> Path:
+    """Points `link` at an exported bento folder beside it, atomically; prunes old ones."""
+    link = Path(link).absolute()
     if link.exists() and not link.is_symlink():
         shutil.rmtree(link)  # an older layout kept a plain folder here
     tmp_link = link.parent / f".{link.name}.link"
@@ -224,6 +254,18 @@ def publish(bento_tag: str, link: str | Path) -> Path:
     os.replace(tmp_link, link)
     _prune(link, keep=KEEP_PUBLISHED)
     return version_dir
+
+
+def publish(bento_tag: str, link: str | Path) -> Path:
+    """Exports the bento as a folder beside `link` and points `link` at it atomically."""
+    return point_link(link, export_bento(bento_tag, link))
+
+
+def discard_export(link: str | Path, version_dir: Path) -> None:
+    """Removes an exported folder that was not published (`link` does not point at it)."""
+    link = Path(link).absolute()
+    if not (link.is_symlink() and link.resolve() == version_dir.resolve()):
+        shutil.rmtree(version_dir, ignore_errors=True)
 
 
 def _prune(link: Path, keep: int) -> None:
@@ -235,6 +277,20 @@ def _prune(link: Path, keep: int) -> None:
     )
     for old in published[keep - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(path: str | Path) -> Any:
+    """The fitted model of a train task; a model that refers to notebook code (or to a
+    module not importable here) is a PackagingError that says what to move where."""
+    from nbship.packaging.dependencies import explain_load_error
+
+    try:
+        return read_model(path)
+    except (AttributeError, ImportError) as exc:
+        explained = explain_load_error(exc, path)
+        if explained is None:
+            raise
+        raise explained from exc
 
 
 def package_winner(
@@ -260,41 +316,71 @@ def package_winner(
     test_path: str | Path | None = None,
     cards_dir: str | Path | None = None,
     prediction_log: Mapping[str, Any] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Store and build the chosen model, register it, gate it against the champion, and
-    publish its bento only when it becomes champion; returns what was done."""
+    """Store and build the chosen model, check it, gate it against the champion, then
+    register it and publish its bento only when it becomes champion; returns what was
+    done.
+
+    Everything that can fail runs before anything changes: the model's code (what it
+    imports must ship or be pinned), the bento build, the parity check of the built bento
+    in a fresh process, the gates, the model card and the bento's export. Only then is
+    the version registered (challenger, champion when its gates passed) and the published
+    link moved, so a failed run leaves the registry, its aliases and the published bento
+    as they were (BentoML's local store may keep the unused model and bento).
+
+    `task` ("classification" / "regression") is what the model does; None reads it from
+    the fitted model (`nbship.tasks.of_model`)."""
+    import bentoml
     import pandas as pd
 
+    from nbship import tasks
+    from nbship.drift import reference_profile
+    from nbship.packaging.parity import check_bento_parity
     from nbship.registry import model_store as store
-    from nbship.registry.promotion import register_and_gate, write_version_card
+    from nbship.registry.promotion import commit_version, gate_new_version, render_version_card
     from nbship.registry.versions import Registry
+    from nbship.serving.compiled import compile_and_verify
 
     project = Path(project_dir).resolve()
     url = project_registry_url(project, registry_url)
     store_url = model_store_url(project, model_store)
 
-    from nbship.drift import reference_profile
-    from nbship.serving.compiled import compile_and_verify
-
-    model = read_model(model_path)
+    model = load_model(model_path)
+    kind = tasks.get(task) if task not in (None, "", "auto") else tasks.of_model(model)
     feature_set = Features.from_params(features)
     columns = feature_set.columns
+    requirements = serving_requirements(project_dir)
+    code = find_dependencies(
+        model, project_dir=project, requirements=requirements,
+        nbship_modules=served_module_names(),
+    )  # fmt: skip
+    print(code.summary())
     # the compiled plan ships only when it matches scikit-learn on the held-out rows
-    checked = [pd.read_parquet(p) for p in (test_path, golden_path) if p]
-    _, compiled = compile_and_verify(model, columns, checked)
+    golden = pd.read_parquet(golden_path)
+    test = pd.read_parquet(test_path) if test_path else None
+    _, compiled = compile_and_verify(model, columns, [f for f in (test, golden) if f is not None])
     print(f"inference path: {compiled['message']}")
+    train = pd.read_parquet(train_path) if train_path else None
     # the training reference that live traffic is compared with (drift, prediction mix)
     profile = None
-    if train_path:
-        profile = reference_profile(
-            pd.read_parquet(train_path), feature_set.numeric, feature_set.categorical, target=target
-        )
-    metadata = {
+    target_range = None
+    if train is not None:
+        numeric, categorical = feature_set.numeric, feature_set.categorical
+        if kind.is_classification:
+            profile = reference_profile(train, numeric, categorical, target=target)
+        else:
+            target_range = [float(train[target].min()), float(train[target].max())]
+            predictions = kind.predict(model, train[columns])
+            profile = reference_profile(
+                train, numeric, categorical, target=target, predictions=predictions, task=kind.kind
+            )
+    selection_metric = kind.check_metric(choice["metric"])
+    metadata: dict[str, Any] = {
         "candidate": candidate["candidate"],
         "params": candidate["params"],
         "metrics": {"test": evaluation["test"], "train": candidate["train_metrics"]},
-        "selection": {"metric": choice["metric"], "value": choice["value"]},
-        "train_seconds": candidate["train_seconds"],
+        "selection": {"metric": selection_metric, "value": choice["value"]},
         "predict_ms": evaluation["predict_ms"],
         "data_fingerprint": split_summary["fingerprints"]["train"],
         "data_fingerprints": split_summary["fingerprints"],
@@ -308,17 +394,30 @@ def package_winner(
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "features": columns,
         "target": target,
-        "classes": [str(c) for c in model.classes_],
+        "task": kind.kind,
     }
+    if candidate.get("train_seconds") is not None:  # unknown for a model fitted by hand
+        metadata["train_seconds"] = candidate["train_seconds"]
+    if kind.is_classification:
+        metadata["classes"] = [str(c) for c in model.classes_]
+    elif target_range is not None:
+        metadata["target_range"] = target_range
+    if code.project_files:
+        metadata["project_code"] = sorted(code.project_files)
     if commit := git_commit(project_dir):  # BentoML metadata cannot hold None
         metadata["git_commit"] = commit
     labels = {"candidate": candidate["candidate"], "target": target}
-    model_tag = save_model(model, bento_name, metadata, labels)
-    artifact = store.push(model_tag, store_url)
+    model_tag = save_model(
+        model, bento_name, metadata, labels, classification=kind.is_classification
+    )
+    # what the server checks its model against; the shared store gets the model later,
+    # once every check passed
+    files = store.file_digests(Path(bentoml.models.get(model_tag).path))
     suite_path = Path(suite_path)
     config = {
         "bento_name": bento_name,
         "model_tag": model_tag,
+        "task": kind.kind,
         "columns": columns,
         "target": target,
         "suite": f"expectations/{suite_path.name}",
@@ -326,7 +425,7 @@ def package_winner(
         "metadata": metadata,
         # the server checks its own model against these before unpickling it, and asks
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
-        "model_files": artifact["files"],
+        "model_files": files,
         "compiled": compiled,
         "drift_profile": profile,
         "prediction_log": log_settings(
@@ -341,34 +440,66 @@ def package_winner(
             staging,
             suite_path=suite_path,
             config=config,
-            requirements=serving_requirements(project_dir),
+            requirements=requirements,
             model_tag=model_tag,
             labels={**labels, "model_tag": model_tag.replace(":", "-")},
+            project_files=code.project_files,
         )
         bento_tag = build_bento(staging)
+    parity = check_bento_parity(
+        model=model, rows=golden, task=kind, bento_tag=bento_tag, model_tag=model_tag,
+        columns=columns,
+    )  # fmt: skip
+    print(f"parity: the bento's model answers the {parity['rows']} golden rows as the fitted one")
+    registered = {
+        **metadata,
+        "artifact": {"uri": store.archive_uri(store_url, model_tag), "files": files},
+        "compiled": compiled,
+        "drift_profile": profile,
+        "parity": parity,
+    }
+    exported: Path | None = None
     with Registry(url) as registry:
-        verdict = register_and_gate(
-            registry=registry, tag=model_tag, bento_tag=bento_tag,
-            metadata={**metadata, "artifact": artifact, "compiled": compiled,
-                      "drift_profile": profile},
-            model=model, golden=pd.read_parquet(golden_path), columns=columns,
-            gate_config={**(gates or {}), "metric": choice["metric"]},
-            test=pd.read_parquet(test_path) if test_path else None, target=target,
+        pending = gate_new_version(
+            registry=registry, tag=model_tag, bento_tag=bento_tag, metadata=registered,
+            model=model, golden=golden, columns=columns,
+            gate_config={**(gates or {}), "metric": selection_metric}, test=test, target=target,
         )  # fmt: skip
         card = None
-        if cards_dir and train_path and test_path:
-            card = write_version_card(
-                registry, model_tag, model=model, target=target, cards_dir=cards_dir,
-                train=pd.read_parquet(train_path), test=pd.read_parquet(test_path),
-                compare_with=verdict.previous_champion,
+        if cards_dir and train is not None and test is not None:
+            card = render_version_card(
+                registry, pending.version, model=model, target=target, cards_dir=cards_dir,
+                train=train, test=test, compare_with=pending.previous_champion,
+                aliases=pending.aliases_after(registry),
             )  # fmt: skip
-    if verdict.promoted:
-        publish(bento_tag, publish_to)
+        try:
+            if pending.promoted:
+                exported = export_bento(bento_tag, publish_to)
+            # the first change: the model in the shared store (unused until registered)
+            artifact = store.push(model_tag, store_url)
+        except BaseException:  # nothing of this run stays: its export, its card
+            if exported is not None:
+                discard_export(publish_to, exported)
+            if card is not None:
+                card.unlink(missing_ok=True)
+            raise
+        try:
+            extra = {"card": str(card)} if card else {}
+            verdict = commit_version(registry, pending, artifact=artifact, **extra)
+        except BaseException:  # the version may be registered (with its card): not published
+            if exported is not None:
+                discard_export(publish_to, exported)
+            raise
+    if exported is not None:
+        point_link(publish_to, exported)
     return {
         "model_tag": model_tag,
         "bento_tag": bento_tag,
+        "task": kind.kind,
         "card": str(card) if card else None,
         "compiled": compiled["compiled"],
+        "parity": parity,
+        "project_code": sorted(code.project_files),
         "promoted": verdict.promoted,
         "previous_champion": verdict.previous_champion,
         "gates": {g["gate"]: g["passed"] for g in verdict.gates},

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nbship.packaging.bento import publish
+from nbship import tasks
+from nbship.packaging.bento import discard_export, export_bento, point_link, publish
 from nbship.project import Project
-from nbship.registry.promotion import promote_by_hand
+from nbship.registry.promotion import check_by_hand
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from nbship.registry.versions import Registry
+    from nbship.registry.versions import ModelVersion, Registry
 
 
 class MissingSplit(FileNotFoundError):
@@ -30,20 +31,43 @@ def split_part(project: Project, part: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def gate_metric(setting: str | None, version: ModelVersion) -> str:
+    """The metric the gates compare: the configured one, or for "auto" the one the version
+    was selected on, else its task's default (classification for a version without one)."""
+    task = tasks.get(version.extra.get("task") or "classification")
+    if setting not in (None, "", "auto"):
+        return str(setting)
+    selected = (version.extra.get("selection") or {}).get("metric")
+    if selected and selected != "auto" and selected in task.metrics:
+        return str(selected)
+    return task.default_metric
+
+
 def promote_champion(
     project: Project, registry: Registry, tag: str, *, actor: str, reason: str, force: bool
 ) -> Any:
     """Gates `tag` against the champion, promotes it (PromotionRefused when a gate fails and
-    not forced) and publishes its bento; returns the registry's event."""
+    not forced) and publishes its bento; returns the registry's event. The bento is exported
+    before the champion moves, so a failed export leaves both as they were."""
     version = registry.get(tag)  # an unknown tag is the first thing to say
     golden = split_part(project, "golden")
-    gates = {**project.config.gates.model_dump(), "metric": project.config.selection_metric}
-    event, _ = promote_by_hand(
+    metric = gate_metric(project.config.selection_metric, version)
+    gates = {**project.config.gates.model_dump(), "metric": metric}
+    check_by_hand(
         registry, tag, golden=golden, gate_config=gates, test=split_part(project, "test"),
-        actor=actor, reason=reason, force=force,
+        force=force,
     )  # fmt: skip
-    if version.bento_tag:
-        publish(version.bento_tag, project.published_bento)
+    exported = (
+        export_bento(version.bento_tag, project.published_bento) if version.bento_tag else None
+    )
+    try:
+        event = registry.promote(tag, actor=actor, reason=reason, forced=force)
+    except BaseException:
+        if exported is not None:
+            discard_export(project.published_bento, exported)
+        raise
+    if exported is not None:
+        point_link(project.published_bento, exported)
     return event
 
 

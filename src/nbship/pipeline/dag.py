@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbship.config import DEFAULT_BENTOS, DEFAULT_ROOT, ENV_FILE, read_raw
+from pydantic import BaseModel
+
+from nbship.config import DEFAULT_BENTOS, DEFAULT_ROOT, ENV_FILE, ProjectConfig, read_raw
 from nbship.project import PIPELINE_FILE, STATE_DIR
 
 STAMP_FILE = ".nbship-build-stamp"
+
 # held while a build runs (outside the products, whose listing the stamp hashes)
 LOCK_FILE = f"{STATE_DIR}/build.lock"
 PLOT_FILE = "pipeline.svg"
@@ -96,13 +99,30 @@ def _in(project_dir: Path) -> Iterator[None]:
 
 
 def load_dag(project_dir: Path) -> Any:
-    """The Ploomber DAG of `pipeline.yaml` with `env.yaml` beside it."""
+    """The Ploomber DAG of `pipeline.yaml` with `env.yaml` beside it, plus the defaults of
+    the settings that a pipeline.yaml may name and env.yaml may leave out."""
     from ploomber.spec import DAGSpec
 
+    defaults = placeholder_defaults(read_raw(project_dir))
     with _in(project_dir), warnings.catch_warnings():
         # env.yaml also holds nbship's own settings (container, kubernetes) that no task uses
         warnings.filterwarnings("ignore", message=".*declared in the environment but unused")
-        return DAGSpec(str(project_dir / PIPELINE_FILE)).to_dag()
+        return DAGSpec(str(project_dir / PIPELINE_FILE), env=defaults or None).to_dag()
+
+
+def placeholder_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """The defaults of the settings env.yaml leaves out, for pipeline.yaml's {{placeholders}}
+    (Ploomber knows only what env.yaml holds): one schema, `nbship.config`, says them."""
+    defaults = {}
+    for name, spec in ProjectConfig.model_fields.items():
+        if name in raw or spec.is_required():
+            continue
+        value = spec.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        if value is not None:
+            defaults[name] = value
+    return defaults
 
 
 class BuildBusy(RuntimeError):

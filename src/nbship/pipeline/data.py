@@ -1,37 +1,60 @@
-"""Loading the example data, fingerprinting it and splitting it for training."""
+"""Loading the source data, fingerprinting it and splitting it for training."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-SOURCES = ("palmerpenguins",)
+from nbship.tasks import CLASSIFICATION, Task
+
+SOURCE_FORMS = "a .csv/.parquet path or a `module:function` returning a table"
 
 
 def load_source(source: str, sample_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The raw table of a named source, optionally a reproducible row sample.
+    """The raw table of a source, optionally a reproducible row sample.
 
-    Only packaged data is supported: nothing is downloaded at run time.
+    A source is a .csv or .parquet file, or `module:function`: a function of an installed
+    package that returns the table (e.g. `mypackage.data:load` or
+    `sklearn.datasets:load_diabetes`; a scikit-learn Bunch gives its `frame`), so data a
+    package ships needs no download at run time.
     """
-    if source == "palmerpenguins":
-        import palmerpenguins
-
-        df = palmerpenguins.load_penguins()
-    elif Path(source).suffix in (".csv", ".parquet"):
+    if Path(source).suffix in (".csv", ".parquet"):
         path = Path(source)
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    elif ":" in source:
+        df = _call_source(source)
     else:
-        raise ValueError(
-            f"unknown data source {source!r}: use one of {SOURCES} or a .csv/.parquet path"
-        )
+        raise ValueError(f"unknown data source {source!r}: use {SOURCE_FORMS}")
     if sample_rows is not None and sample_rows < len(df):
         df = df.sample(n=sample_rows, random_state=seed).sort_index()
     return df.reset_index(drop=True)
+
+
+def _call_source(source: str) -> pd.DataFrame:
+    module_name, _, name = source.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"data source {source!r} cannot be loaded: {exc}") from exc
+    kwargs: dict[str, Any] = {}
+    try:
+        if "as_frame" in inspect.signature(function).parameters:
+            kwargs["as_frame"] = True  # scikit-learn's bundled sets
+    except (TypeError, ValueError):
+        pass
+    table = function(**kwargs)
+    table = getattr(table, "frame", table)
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"data source {source!r} returned {type(table).__name__}, not a table")
+    return table
 
 
 def source_columns(source: str, base: Path) -> list[str]:
@@ -65,14 +88,22 @@ class Split:
     golden: pd.DataFrame
 
 
-def split(df: pd.DataFrame, target: str, test_size: float, golden_size: int, seed: int) -> Split:
-    """Stratified train/test split plus a small pinned golden set carved from the test part.
+def split(
+    df: pd.DataFrame,
+    target: str,
+    test_size: float,
+    golden_size: int,
+    seed: int,
+    task: Task = CLASSIFICATION,
+) -> Split:
+    """Train/test split (stratified on the classes for classification) plus a small pinned
+    golden set carved from the test part.
 
     Rows without a label cannot train or score a model, so they are dropped first.
     """
     labelled = df.dropna(subset=[target])
     train, test = train_test_split(
-        labelled, test_size=test_size, random_state=seed, stratify=labelled[target]
+        labelled, test_size=test_size, random_state=seed, stratify=task.stratify(labelled[target])
     )
     golden = test.sample(n=min(golden_size, len(test)), random_state=seed)
     return Split(
@@ -89,24 +120,27 @@ def split_with_feedback(
     test_size: float,
     golden_size: int,
     seed: int,
+    task: Task = CLASSIFICATION,
 ) -> tuple[Split, dict[str, int]]:
     """`split(df, ...)` unchanged, so the golden set the gates compare models on stays
     pinned to the original data, plus the labelled feedback rows split the same way
     (stratified when the labels allow it) and appended to train and test: the
     new model learns from feedback and both models are scored on some of it. Returns
     the split and how many feedback rows went to each part."""
-    base = split(df, target=target, test_size=test_size, golden_size=golden_size, seed=seed)
+    base = split(df, target, test_size, golden_size, seed, task)
     labelled = feedback.dropna(subset=[target])
     if labelled.empty:
         return base, {"train": 0, "test": 0}
     if len(labelled) * test_size < 1:  # too few to hold any out
         fb_train, fb_test = labelled, labelled.iloc[:0]
     else:
-        counts = labelled[target].value_counts()
-        n_test = math.ceil(len(labelled) * test_size)
-        # stratifying needs two rows per label and room for every label in both parts
-        fits = counts.min() >= 2 and len(counts) <= min(n_test, len(labelled) - n_test)
-        stratify = labelled[target] if fits else None
+        stratify = task.stratify(labelled[target])
+        if stratify is not None:
+            counts = stratify.value_counts()
+            n_test = math.ceil(len(labelled) * test_size)
+            # stratifying needs two rows per label and room for every label in both parts
+            if counts.min() < 2 or len(counts) > min(n_test, len(labelled) - n_test):
+                stratify = None
         fb_train, fb_test = train_test_split(
             labelled, test_size=test_size, random_state=seed, stratify=stratify
         )

@@ -1,9 +1,11 @@
 """Model cards: one self-contained HTML page per registered model version.
 
 A card shows what a person needs to judge a version: the data it was trained and tested
-on, its metrics next to the champion's, its confusion matrix (residuals for a regressor),
-every recorded gate verdict with its evidence, and where it came from (library versions,
-params, hashes, commit, bento).
+on, its metrics next to the champion's (each with its direction, ↑ higher or ↓ lower is
+better), its predictions on the test set (a classifier's confusion matrix; a regressor's
+predicted-vs-actual, residual-vs-predicted and residual histogram), every recorded gate
+verdict with its evidence, and where it came from (library versions, params, hashes,
+commit, bento). The task is the one the model does (`nbship.tasks.of_model`).
 
 Pictures are matplotlib figures rendered to inline SVG. The page has no scripts and
 fetches nothing, so it can be mailed, archived or opened from disk as it is. Every text
@@ -24,13 +26,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from sklearn.metrics import confusion_matrix
 
+from nbship import tasks
 from nbship.common import html_page as page
 from nbship.common.artifacts import atomic_path
 from nbship.pipeline.data import fingerprint
 from nbship.registry.versions import ModelVersion, split_tag
-from nbship.tasks import METRICS
+from nbship.tasks import METRICS, Task
 
 # (anchor, heading) of the card's sections, in page order; the predictions section is
 # titled "Residuals" instead for a regressor.
@@ -302,6 +306,12 @@ def _splits_of(*metrics: Mapping[str, Any]) -> list[str]:
     return [s for s in ("test", "train") if s in names] + sorted(names - {"test", "train"})
 
 
+def _in_target_units(name: str) -> bool:
+    """A regression error metric (rmse, mae, median_ae): in the target's units, so its
+    change reads best as a share of the champion's value."""
+    return name in tasks.REGRESSION_METRICS and not METRICS[name]
+
+
 def _direction(name: str) -> str:
     if name not in METRICS:
         return ""
@@ -314,6 +324,8 @@ def _delta_cell(name: str, mine: Any, theirs: Any) -> page.Html | None:
         return None
     delta = float(mine) - float(theirs)
     text = f"{delta:+.4f}"
+    if _in_target_units(name) and float(theirs) != 0:
+        text += f" ({delta / abs(float(theirs)):+.1%})"  # the metric gate's tolerance is relative
     if name not in METRICS or abs(delta) < 1e-12:
         return page.Num(page.escape(text))
     better = (delta > 0) == METRICS[name]
@@ -321,7 +333,7 @@ def _delta_cell(name: str, mine: Any, theirs: Any) -> page.Html | None:
     return page.Num(f'<span class="{kind}">{page.escape(text)} ({kind})</span>')
 
 
-def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> list[str]:
+def _metrics_section(version: ModelVersion, champion: ModelVersion | None, task: Task) -> list[str]:
     mine = version.metrics or {}
     theirs = (champion.metrics or {}) if champion else {}
     splits = _splits_of(mine, theirs)
@@ -331,6 +343,14 @@ def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> li
     selection = version.extra.get("selection") or {}
     if isinstance(selection, Mapping) and selection.get("metric"):
         parts.append(page.note(f"Selected among candidates by test {selection['metric']}."))
+    if not task.is_classification:
+        parts.append(
+            page.note(
+                "rmse, mae and median_ae are in the target's units (lower is better; the "
+                "metric gate's tolerance for them is a share of the champion's value); r2 "
+                "has none (higher is better, 1 is perfect)."
+            )
+        )
     rows: list[list[Any]]
     if champion is None:
         names = _metric_names(*(mine.get(s) or {} for s in splits))
@@ -361,11 +381,13 @@ def _metrics_section(version: ModelVersion, champion: ModelVersion | None) -> li
             "Δ this - champion",
         ]
         parts.append(page.table(header, rows))
-    parts.append(_metrics_chart(version, champion))
+    parts.append(_metrics_chart(version, champion, task))
     return parts
 
 
-def _metrics_chart(version: ModelVersion, champion: ModelVersion | None) -> str:
+def _metrics_chart(version: ModelVersion, champion: ModelVersion | None, task: Task) -> str:
+    """Grouped bars of the test metrics; a regressor's as one small panel per metric,
+    since rmse in the target's units and r2 near 1 share no scale."""
     mine = version.metrics or {}
     if champion is not None:
         a, b = mine.get("test") or {}, (champion.metrics or {}).get("test") or {}
@@ -381,6 +403,8 @@ def _metrics_chart(version: ModelVersion, champion: ModelVersion | None) -> str:
     if not names:
         return ""
     series = [(label, [float(m[n]) for n in names], color) for label, m, color in sides]
+    if not task.is_classification:
+        return _metric_panels(names, series, title)
 
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
@@ -392,15 +416,35 @@ def _metrics_chart(version: ModelVersion, champion: ModelVersion | None) -> str:
     return page.figure("fig-metrics", svg, "↑ higher is better, ↓ lower is better")
 
 
+def _metric_panels(
+    names: Sequence[str], series: Sequence[tuple[str, Sequence[float], str]], title: str
+) -> str:
+    """One panel per metric, each on its own scale, the two sides as two bars."""
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, len(names), squeeze=False).ravel()
+        x = np.arange(len(series))
+        for j, (ax, name) in enumerate(zip(axes, names, strict=True)):
+            values = [float(s[1][j]) for s in series]
+            bars = ax.bar(x, values, 0.7, color=[s[2] for s in series])
+            ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize=6, padding=1)
+            ax.set_xticks([])
+            ax.margins(y=0.15)
+            ax.set_title(f"{name}{_direction(name)}", fontsize=8)
+        handles = [Rectangle((0, 0), 1, 1, color=color) for _, _, color in series]
+        fig.legend(handles, [s[0] for s in series], loc="outside lower center", ncols=len(series))
+        fig.suptitle(title, fontsize=9)
+
+    svg = page.svg("fig-metrics", title, (max(3.2, 1.7 * len(names)), 2.6), draw)
+    caption = "↑ higher is better, ↓ lower is better; each metric on its own scale"
+    return page.figure("fig-metrics", svg, caption)
+
+
 # predictions -----------------------------------------------------------------------------
 
 
 # (figure id, title, fitted model, its input columns)
 _Predictor = tuple[str, str, Any, Sequence[str]]
-
-
-def _is_classifier(model: Any) -> bool:
-    return hasattr(model, "predict_proba") and hasattr(model, "classes_")
 
 
 def _plain(value: Any) -> Any:
@@ -420,7 +464,10 @@ def _confusion_figure(
         ax.set_ylim(n, 0)  # the first class on top, as in the table
         ticks = np.arange(n) + 0.5
         rotate = max((len(s) for s in labels), default=0) > 6
-        ax.set_xticks(ticks, labels, rotation=30 if rotate else 0, ha="right" if rotate else None)
+        # short labels ("Yes"/"No", 0/1) stay level and centred: matplotlib has no ha=None
+        ax.set_xticks(
+            ticks, labels, rotation=30 if rotate else 0, ha="right" if rotate else "center"
+        )
         ax.set_yticks(ticks, labels)
         ax.tick_params(length=0)
         ax.spines[:].set_visible(False)
@@ -464,36 +511,106 @@ def _confusion_section(models: Sequence[_Predictor], test: pd.DataFrame, target:
     ]
 
 
-def _residual_plot(
-    predicted: np.ndarray, actual: np.ndarray, title: str
+def _regression_plot(
+    predicted: np.ndarray, actual: np.ndarray, title: str, limits: tuple[float, float]
 ) -> Callable[[Figure], None]:
+    """Three panels of one regressor on the test rows: predicted vs actual (the diagonal is
+    a perfect model), residual vs predicted, and the residuals' histogram. `limits` (the
+    value range of the target and every model's predictions) is shared, so the champion's
+    panels compare with this version's by eye."""
+    residual = actual - predicted
+
     def draw(fig: Figure) -> None:
-        ax = fig.add_subplot()
-        ax.axhline(0, color="#77777f", linewidth=0.8)
-        ax.scatter(predicted, actual - predicted, s=8, alpha=0.6, color=_THIS)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("actual - predicted")
-        ax.set_title(title)
+        scatter, spread, hist = fig.subplots(1, 3)
+        low, high = limits
+        scatter.plot([low, high], [low, high], color="#77777f", linewidth=0.8, linestyle="--")
+        scatter.scatter(actual, predicted, s=8, alpha=0.6, color=_THIS)
+        scatter.set_xlim(low, high)
+        scatter.set_ylim(low, high)
+        scatter.set_xlabel("actual")
+        scatter.set_ylabel("predicted")
+        scatter.set_title("predicted vs actual", fontsize=8)
+        spread.axhline(0, color="#77777f", linewidth=0.8)
+        spread.scatter(predicted, residual, s=8, alpha=0.6, color=_THIS)
+        spread.set_xlim(low, high)
+        spread.set_xlabel("predicted")
+        spread.set_ylabel("actual - predicted")
+        spread.set_title("residual vs predicted", fontsize=8)
+        finite = residual[np.isfinite(residual)]
+        if finite.size:
+            hist.hist(finite, bins=min(20, max(5, finite.size // 4)), color=_THIS, alpha=0.8)
+        hist.axvline(0, color="#77777f", linewidth=0.8)
+        hist.set_xlabel("actual - predicted")
+        hist.set_ylabel("test rows")
+        hist.set_title("residuals", fontsize=8)
+        fig.suptitle(title, fontsize=9)
 
     return draw
 
 
+def _residual_stats(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    residual = actual - predicted
+    ok = np.isfinite(residual)
+    residual, actual = residual[ok], actual[ok]
+    if not residual.size:
+        return dict.fromkeys(("rmse", "mae", "r2", "bias", "std", "max"), float("nan"))
+    total = float(np.sum((actual - actual.mean()) ** 2))
+    return {
+        "rmse": float(np.sqrt(np.mean(residual**2))),
+        "mae": float(np.mean(np.abs(residual))),
+        "r2": 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan"),
+        "bias": float(np.mean(residual)),
+        "std": float(np.std(residual)),
+        "max": float(np.max(np.abs(residual))),
+    }
+
+
 def _residual_section(models: Sequence[_Predictor], test: pd.DataFrame, target: str) -> list[str]:
-    """Residual (actual - predicted) against predicted, one scatter per model."""
+    """Per model, one figure (predicted vs actual, residual vs predicted, the residuals'
+    histogram) and a row of residual statistics, on the labelled test rows."""
     labelled = test[test[target].notna()]
     y = pd.to_numeric(labelled[target], errors="coerce").to_numpy(float)
-    figures = []
-    for fig_id, title, model, cols in models:
-        predicted = np.asarray(model.predict(labelled[list(cols)]), dtype=float)
-        residual = y - predicted
-        rmse = float(np.sqrt(np.nanmean(residual**2))) if residual.size else float("nan")
-        mae = float(np.nanmean(np.abs(residual))) if residual.size else float("nan")
-        svg = page.svg(
-            fig_id, f"residuals: {title}", (3.6, 2.6), _residual_plot(predicted, y, title)
+    predictions = [
+        np.asarray(model.predict(labelled[list(cols)]), dtype=float).reshape(len(labelled))
+        for _, _, model, cols in models
+    ]
+    every = np.concatenate([y, *predictions])
+    every = every[np.isfinite(every)]
+    low, high = (float(every.min()), float(every.max())) if every.size else (0.0, 1.0)
+    pad = (high - low) * 0.05 or 1.0
+    limits = (low - pad, high + pad)
+    figures, rows = [], []
+    for (fig_id, title, _, _), predicted in zip(models, predictions, strict=True):
+        stats = _residual_stats(y, predicted)
+        draw = _regression_plot(predicted, y, title, limits)
+        svg = page.svg(fig_id, f"predictions and residuals: {title}", (9.0, 2.8), draw)
+        caption = (
+            f"{title}: RMSE {page.fmt(stats['rmse'])}, MAE {page.fmt(stats['mae'])}, "
+            f"R² {page.fmt(stats['r2'])} on {len(y)} test rows"
         )
-        caption = f"{title}: RMSE {page.fmt(rmse)}, MAE {page.fmt(mae)} on {len(y)} test rows"
         figures.append(page.figure(fig_id, svg, caption))
-    return [f'<div class="figures">{"".join(figures)}</div>']
+        rows.append(
+            [title, len(y), *(stats[k] for k in ("rmse", "mae", "r2", "bias", "std", "max"))]
+        )
+    header = [
+        "model",
+        "test rows",
+        "RMSE ↓",
+        "MAE ↓",
+        "R² ↑",
+        "mean residual (bias)",
+        "residual std",
+        "largest |residual|",
+    ]
+    return [
+        page.note(
+            f"{len(y)} test rows; residual = actual - predicted. On the left, points on the "
+            "dashed diagonal are predicted exactly; a pattern in the middle panel is error the "
+            "model could still learn."
+        ),
+        f'<div class="figures">{"".join(figures)}</div>',
+        page.table(header, rows, caption="Residuals on the test rows"),
+    ]
 
 
 # gates -----------------------------------------------------------------------------------
@@ -535,16 +652,33 @@ def _scalars(evidence: Mapping[str, Any], skip: Iterable[str] = ()) -> page.Html
     return page.kv(rows) if rows else page.Html("")
 
 
+def _regression_evidence(evidence: Mapping[str, Any]) -> bool:
+    """Verdicts of a regressor's gates say so; older ones (no "task") are a classifier's."""
+    return evidence.get("task") == "regression"
+
+
 def _differential_evidence(evidence: Mapping[str, Any], _fig_id: str) -> list[str]:
     rows = evidence.get("rows") or []
     parts: list[str] = [_scalars(evidence, skip=("rows",))]
+    regression = _regression_evidence(evidence)
     if not rows:
-        return [*parts, page.note("No golden-set row changed its label or moved a probability.")]
+        nothing = (
+            "No golden-set prediction moved beyond the tolerance."
+            if regression
+            else "No golden-set row changed its label or moved a probability."
+        )
+        return [*parts, page.note(nothing)]
     listed = f"{len(rows)} of {evidence.get('n_differing', len(rows))} differing rows"
+    if regression:
+        header = ("golden row", "champion prediction (old)", "this version (new)", "|new - old|")
+        delta = "abs_delta"
+    else:
+        header = ("golden row", "champion label (old)", "this version (new)", "max probability Δ")
+        delta = "max_prob_delta"
     parts.append(
         page.table(
-            ("golden row", "champion label (old)", "this version (new)", "max probability Δ"),
-            [(r.get("row"), r.get("old"), r.get("new"), r.get("max_prob_delta")) for r in rows],
+            header,
+            [(r.get("row"), r.get("old"), r.get("new"), r.get(delta)) for r in rows],
             caption=f"Changed rows: {listed}",
         )
     )
@@ -555,13 +689,14 @@ def _benchmark_evidence(evidence: Mapping[str, Any], fig_id: str) -> list[str]:
     old = evidence.get("champion_ms") or {}
     new = evidence.get("challenger_ms") or {}
     ratio = evidence.get("latency_ratio") or {}
+    method = str(evidence.get("method") or "predict_proba")  # older verdicts: a classifier's
     quantiles = [
         q for q in ("p50", "p99") if page.is_number(old.get(q)) and page.is_number(new.get(q))
     ]
     parts: list[str] = [
         _scalars(evidence, skip=("champion_ms", "challenger_ms", "latency_ratio")),
         page.table(
-            ("predict_proba latency", "champion ms", "challenger (this) ms", "ratio"),
+            (f"{method} latency", "champion ms", "challenger (this) ms", "ratio"),
             [(q, old.get(q), new.get(q), ratio.get(q)) for q in ("p50", "p99")],
         ),
     ]
@@ -577,7 +712,7 @@ def _benchmark_evidence(evidence: Mapping[str, Any], fig_id: str) -> list[str]:
         labels = [[f"{v:.2f}" for v in values] for _, values, _ in series]
         _grouped_bars(ax, quantiles, series, labels)
         ax.set_ylabel("ms per batch")
-        ax.set_title(f"predict_proba on {page.fmt(evidence.get('batch_rows'))} rows")
+        ax.set_title(f"{method} on {page.fmt(evidence.get('batch_rows'))} rows")
 
     svg = page.svg(fig_id, "benchmark latencies", (3.2, 2.4), draw)
     return [*parts, page.figure(fig_id, svg, "p50 and p99 over the repeats")]
@@ -594,8 +729,9 @@ def _invariance_evidence(evidence: Mapping[str, Any], _fig_id: str) -> list[str]
         for value, share in (check.get("changed_share") or {}).items():
             ok = page.is_number(share) and page.is_number(limit) and share <= limit + 1e-12
             rows.append((check.get("column"), value, share, limit, _verdict_badge(ok)))
+    changed = "predictions" if _regression_evidence(evidence) else "labels"
     parts.append(
-        page.table(("column", "set to", "share of labels changed", "max share", "result"), rows)
+        page.table(("column", "set to", f"share of {changed} changed", "max share", "result"), rows)
     )
     return parts
 
@@ -642,7 +778,15 @@ def _gates_section(gates: Sequence[Mapping[str, Any]]) -> list[str]:
 # provenance ------------------------------------------------------------------------------
 
 # extra keys the card shows elsewhere
-_SHOWN_EXTRA = {"trained_at", "selection", "target", "classes", "data_fingerprints"}
+_SHOWN_EXTRA = {
+    "trained_at",
+    "selection",
+    "target",
+    "task",
+    "classes",
+    "target_range",
+    "data_fingerprints",
+}
 
 
 def _reports_link(reports: str | None) -> Any:
@@ -719,6 +863,7 @@ def _overview(
     aliases: Mapping[str, str] | None,
     champion: ModelVersion | None,
     target: str,
+    task: Task,
 ) -> list[str]:
     if aliases is None:
         alias_cell: Any = "not known (no aliases given)"
@@ -732,6 +877,14 @@ def _overview(
         else None
     )
     classes = version.extra.get("classes")
+    target_range = version.extra.get("target_range")
+    if classes:
+        target_cell = f"{target} ({', '.join(map(str, classes))})"
+    elif isinstance(target_range, list | tuple) and len(target_range) == 2:
+        low, high = (page.fmt(v) for v in target_range)
+        target_cell = f"{target} (from {low} to {high} in training)"
+    else:
+        target_cell = target
     return [
         page.kv(
             [
@@ -742,7 +895,8 @@ def _overview(
                 ("aliases pointing here", alias_cell),
                 ("promotion gates", _gate_status(version.gates or [])),
                 ("selected as", chosen),
-                ("target", target if not classes else f"{target} ({', '.join(map(str, classes))})"),
+                ("task", task.kind),
+                ("target", target_cell),
                 ("compared with", page.code(champion.tag) if champion else "no champion given"),
             ]
         )
@@ -762,38 +916,54 @@ def render_card(
     champion: ModelVersion | None = None,
     champion_model: Any = None,
     aliases: Mapping[str, str] | None = None,
+    task: Task | str | None = None,
 ) -> str:
     """The model card of `version` as one self-contained HTML5 page.
 
     `train` and `test` hold the feature columns and the `target` column; `model` is the
-    fitted model of `version` (a classifier gets confusion matrices, anything without
-    `predict_proba`/`classes_` residual plots). With `champion` (and `champion_model`) the
-    metrics and predictions are shown next to the champion's; a champion that is this very
-    version is not compared with itself. `aliases` ({alias: tag}) tells which aliases point
-    here. Apart from the generation time the page is deterministic.
+    fitted model of `version`. `task` (a Task or its name, e.g. the version's
+    metadata["task"]) defaults to the one the model does (`nbship.tasks.of_model`): a
+    classifier gets class shares and confusion matrices, a regressor the target's
+    distribution, predicted-vs-actual and residual plots. With `champion` (and
+    `champion_model`) the metrics and predictions are shown next to the champion's; a
+    champion that is this very version is not compared with itself, and the predictions of
+    a champion doing another task are not drawn. `aliases` ({alias: tag}) tells which
+    aliases point here. Apart from the generation time the page is deterministic.
     """
     if champion is not None and champion.tag == version.tag:
         champion, champion_model = None, None
+    if isinstance(task, str) and task:
+        task = tasks.get(task)
+    resolved = task if isinstance(task, Task) else tasks.of_model(model)
     frames = {"train": train, "test": test}
     features = _feature_columns(version, frames, target)
-    classifier = _is_classifier(model)
     this_title = f"this version ({version.candidate or version.tag})"
     models: list[_Predictor] = [("fig-predictions-this", this_title, model, features)]
+    notes: list[str] = []
     if champion_model is not None:
         title = f"champion {champion.tag}" if champion else "champion"
-        columns = _feature_columns(champion, frames, target) if champion else features
-        models.append(("fig-predictions-champion", title, champion_model, columns))
+        other = tasks.of_model(champion_model)
+        if other.kind == resolved.kind:
+            columns = _feature_columns(champion, frames, target) if champion else features
+            models.append(("fig-predictions-champion", title, champion_model, columns))
+        else:
+            notes.append(
+                page.note(
+                    f"The {title} is a {other.kind} model and this version a {resolved.kind} "
+                    "one: its predictions are not shown."
+                )
+            )
     titles = dict(SECTIONS)
-    if classifier:
+    if resolved.is_classification:
         predictions = _confusion_section(models, test, target)
     else:  # a regressor: no classes to confuse, so residuals
         titles["predictions"] = RESIDUALS_HEADING
         predictions = _residual_section(models, test, target)
     bodies = {
-        "overview": _overview(version, aliases, champion, target),
-        "data": _data_section(version, frames, target, features, classifier),
-        "metrics": _metrics_section(version, champion),
-        "predictions": predictions,
+        "overview": _overview(version, aliases, champion, target, resolved),
+        "data": _data_section(version, frames, target, features, resolved.is_classification),
+        "metrics": _metrics_section(version, champion, resolved),
+        "predictions": [*notes, *predictions],
         "gates": _gates_section(version.gates or []),
         "provenance": _provenance_section(version),
     }

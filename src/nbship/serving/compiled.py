@@ -5,19 +5,22 @@ overhead (DataFrame column selection, validation, ColumnTransformer bookkeeping)
 arithmetic. At package time `compile_model` turns the fitted pipeline into a plan of
 precomputed arrays and lookup tables that takes *columnar* input (a dict of column ->
 list of values) and runs in microseconds; `verify` checks it against the pipeline
-itself, and `compile_and_verify` ships it only when it agrees (labels equal,
-probabilities within `atol`), so a model the plan cannot reproduce keeps being served by
-scikit-learn.
+itself, and `compile_and_verify` ships it only when it agrees (classification: labels
+equal, probabilities within `atol`; regression: values within `atol` x max(1, |value|)),
+so a model the plan cannot reproduce keeps being served by scikit-learn.
 
 Supported, inside one ColumnTransformer (remainder drop or passthrough, nested
 Pipelines, transformer weights): SimpleImputer (any strategy; missing values NaN/None),
-StandardScaler, OneHotEncoder (no infrequent categories), passthrough/drop. The final
-LogisticRegression is compiled to numpy; any other final estimator with predict_proba
-is called on the plan's numpy output, exactly what the fitted pipeline passes it.
+StandardScaler, OneHotEncoder (no infrequent categories), passthrough/drop. A final
+LogisticRegression (a classifier) or LinearRegression, Ridge, Lasso or ElasticNet (a
+single-target regressor: an affine map) is compiled to numpy; any other final classifier
+with predict_proba, or regressor with predict, is called on the plan's numpy output,
+exactly what the fitted pipeline passes it. The plan's `task` says which it is: a
+classifier's plan answers `predict_proba`, a regressor's `predict_values`.
 
-Input conventions of `CompiledModel.predict_proba`: numeric values are numbers, None
-or NaN (missing); categorical values are str, None or NaN (missing). A missing value is
-always imputed, as it was in training.
+Input conventions of `CompiledModel.predict_proba` / `predict_values`: numeric values
+are numbers, None or NaN (missing); categorical values are str, None or NaN (missing). A
+missing value is always imputed, as it was in training.
 
 This module imports only numpy, scikit-learn (pandas only inside `verify`) and, for the
 few private scikit-learn attributes the plan must read, `nbship.compat.sklearn_private`
@@ -34,10 +37,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.base import is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
@@ -53,6 +57,9 @@ if TYPE_CHECKING:
 
 # a category no fitted encoder knows, for the verification's unknown-category rows
 UNKNOWN_CATEGORY = "\x00nbship-unknown-category"
+# regressors whose predict is X @ coef_ + intercept_: compiled to numpy (exact types only,
+# as LogisticRegression: a subclass may predict otherwise)
+LINEAR_REGRESSORS = (LinearRegression, Ridge, Lasso, ElasticNet)
 
 
 class UnsupportedModel(Exception):
@@ -250,23 +257,63 @@ class _Estimator:
         self.estimator = estimator
         self.sparse = sparse  # the ColumnTransformer handed it a sparse matrix
 
-    def __call__(self, X: np.ndarray) -> np.ndarray:
+    def _input(self, X: np.ndarray) -> Any:
         if self.sparse:
             from scipy import sparse
 
-            X = sparse.csr_matrix(X)
-        return np.asarray(self.estimator.predict_proba(X), dtype=float)
+            return sparse.csr_matrix(X)
+        return X
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(self._input(X)), dtype=float)
+
+
+class _LinearRegression:
+    """A single-target linear regressor: X @ coef + intercept, one value per row."""
+
+    def __init__(self, coef: np.ndarray, intercept: float, check_nan: bool) -> None:
+        self.weights = np.ascontiguousarray(coef, dtype=float)  # (features,)
+        self.intercept = intercept
+        self.check_nan = check_nan  # a missing value may reach it: refuse, as sklearn does
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if self.check_nan and np.isnan(X).any():
+            raise ValueError("Input X contains NaN: a missing value reached the estimator")
+        z = X @ self.weights
+        z += self.intercept
+        return z
+
+
+class _Regressor(_Estimator):
+    """Any other regressor: its own predict on the plan's numpy output."""
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return _one_value_per_row(self.estimator.predict(self._input(X)))
+
+
+def _one_value_per_row(predicted: Any) -> np.ndarray:
+    """A single-target prediction as a 1-D float array (some regressors give (n, 1))."""
+    values = np.asarray(predicted, dtype=float)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"predicted shape {values.shape}: not one value per row")
+    return values
+
+
+_Head = _LogisticRegression | _Estimator | _LinearRegression
 
 
 class CompiledModel:
-    """The plan: columnar input -> class probabilities, in `classes` order."""
+    """The plan: columnar input -> class probabilities, in `classes` order (a
+    classifier's), or -> one value per row (a regressor's: `classes` empty)."""
 
     def __init__(
         self,
         columns: list[str],
         branches: list[_Branch],
         post: list,
-        head: _LogisticRegression | _Estimator,
+        head: _Head,
         classes: list[str],
         description: str,
         unknown_ignored: list[str],
@@ -274,7 +321,10 @@ class CompiledModel:
     ) -> None:
         self.columns = tuple(columns)  # the input columns the plan reads
         self.classes = list(classes)
-        self.estimator_compiled = isinstance(head, _LogisticRegression)
+        self.task = (
+            "regression" if isinstance(head, _LinearRegression | _Regressor) else ("classification")
+        )
+        self.estimator_compiled = isinstance(head, _LogisticRegression | _LinearRegression)
         self.description = description
         # columns whose unknown categories encode as all zeros (verification edge rows)
         self.unknown_ignored = tuple(unknown_ignored)
@@ -288,6 +338,17 @@ class CompiledModel:
 
     def predict_proba(self, columns: Mapping[str, Sequence]) -> np.ndarray:
         """Probabilities, shape (n, n_classes), for n rows given column by column."""
+        if self.task != "classification":
+            raise TypeError("a regressor's plan has no probabilities: call predict_values")
+        return self._run(columns, (len(self.classes),))
+
+    def predict_values(self, columns: Mapping[str, Sequence]) -> np.ndarray:
+        """A regressor's predicted values, shape (n,), for n rows given column by column."""
+        if self.task != "regression":
+            raise TypeError("a classifier's plan predicts classes: call predict_proba")
+        return self._run(columns, ())
+
+    def _run(self, columns: Mapping[str, Sequence], shape: tuple[int, ...]) -> np.ndarray:
         n = -1
         for name in self.columns:
             try:
@@ -301,15 +362,19 @@ class CompiledModel:
             elif size != n:
                 raise ValueError(f"column {name!r} has {size} values, expected {n}")
         if n <= 0:
-            return np.empty((0, len(self.classes)))
+            return np.empty((0, *shape))
         blocks = [branch(columns, n) for branch in self._branches]
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
         for step in self._post:
             X = _as_numbers(step(X, n))
         return self._head(X)
 
-    def predict(self, columns: Mapping[str, Sequence]) -> list[str]:
-        """The most probable class of each row (the first on a tie, as argmax)."""
+    def predict(self, columns: Mapping[str, Sequence]) -> list[str] | list[float]:
+        """The most probable class of each row (the first on a tie, as argmax), or a
+        regressor's predicted values."""
+        if self.task == "regression":
+            values: list[float] = self.predict_values(columns).tolist()
+            return values
         return [self.classes[i] for i in np.argmax(self.predict_proba(columns), axis=1)]
 
 
@@ -472,7 +537,8 @@ def _compile_column_transformer(
 
 
 def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
-    """The numpy plan of a fitted Pipeline(ColumnTransformer, ..., classifier).
+    """The numpy plan of a fitted Pipeline(ColumnTransformer, ..., classifier or
+    regressor): a regressor by scikit-learn's tags, a classifier with predict_proba.
 
     Raises UnsupportedModel, naming the step, for anything the plan cannot reproduce.
     """
@@ -487,8 +553,11 @@ def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
     except NotFittedError:
         raise UnsupportedModel("the pipeline is not fitted") from None
     *transforms, (est_name, estimator) = pipeline.steps
-    if not hasattr(estimator, "predict_proba"):
-        raise UnsupportedModel(f"{type(estimator).__name__} has no predict_proba", [est_name])
+    regressor = is_regressor(estimator)
+    if not regressor and not hasattr(estimator, "predict_proba"):
+        raise UnsupportedModel(
+            f"{type(estimator).__name__} is no regressor and has no predict_proba", [est_name]
+        )
     transforms = [(n, t) for n, t in transforms if not (t is None or t == "passthrough")]
     if not transforms or not isinstance(transforms[0][1], ColumnTransformer):
         first, what = transforms[0] if transforms else (est_name, estimator)
@@ -512,8 +581,13 @@ def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
             f"the plan makes {width}",
             [est_name],
         )
-    head: _LogisticRegression | _Estimator
-    if type(estimator) is LogisticRegression:
+    check_nan = any(b.may_be_missing for b in branches) and not any(
+        isinstance(s, _NumberImpute) for s in post
+    )
+    head: _Head
+    if regressor:
+        head = _regression_head(estimator, est_name, check_nan, ct)
+    elif type(estimator) is LogisticRegression:
         coef = estimator.coef_
         coef = np.asarray(coef.toarray() if hasattr(coef, "toarray") else coef, dtype=float)
         n_classes = len(estimator.classes_)
@@ -521,9 +595,6 @@ def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
         if coef.shape[0] != (1 if binary else n_classes):
             raise UnsupportedModel(f"LogisticRegression coef_ shape {coef.shape}", [est_name])
         intercept = np.asarray(estimator.intercept_, dtype=float).reshape(-1)
-        check_nan = any(b.may_be_missing for b in branches) and not any(
-            isinstance(s, _NumberImpute) for s in post
-        )
         head = _LogisticRegression(coef, intercept, binary, check_nan)
     else:
         head = _Estimator(estimator, sparse=bool(getattr(ct, "sparse_output_", False)))
@@ -531,7 +602,7 @@ def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
     read = {c for b in branches for c in b.inputs}
     parts = ", ".join(b.summary for b in branches)
     after = "".join(f" -> {s.short}" for s in post)
-    runs = "numpy" if isinstance(head, _LogisticRegression) else "scikit-learn"
+    runs = "numpy" if isinstance(head, _LogisticRegression | _LinearRegression) else "scikit-learn"
     description = (
         f"numpy plan: {parts} ({width} features){after} -> {type(estimator).__name__} ({runs})"
     )
@@ -540,11 +611,30 @@ def compile_model(pipeline: Any, columns: Sequence[str]) -> CompiledModel:
         branches=branches,
         post=post,
         head=head,
-        classes=[str(c) for c in pipeline.classes_],
+        classes=[] if regressor else [str(c) for c in pipeline.classes_],
         description=description,
         unknown_ignored=unknown_ignored,
         given=columns,
     )
+
+
+def _regression_head(
+    estimator: Any, name: str, check_nan: bool, ct: ColumnTransformer
+) -> _LinearRegression | _Regressor:
+    """A linear regressor's affine map in numpy, else the regressor itself on numpy."""
+    if type(estimator) not in LINEAR_REGRESSORS:
+        return _Regressor(estimator, sparse=bool(getattr(ct, "sparse_output_", False)))
+    coef = estimator.coef_
+    coef = np.asarray(coef.toarray() if hasattr(coef, "toarray") else coef, dtype=float)
+    intercept = np.asarray(estimator.intercept_, dtype=float).reshape(-1)
+    if coef.ndim == 2 and coef.shape[0] == 1:  # fitted on a one-column 2-D target
+        coef = coef[0]
+    if coef.ndim != 1 or len(intercept) != 1:
+        raise UnsupportedModel(
+            f"{type(estimator).__name__} coef_ shape {coef.shape}: only a single target",
+            [name],
+        )
+    return _LinearRegression(coef, float(intercept[0]), check_nan)
 
 
 # --- verification --------------------------------------------------------------
@@ -631,12 +721,16 @@ def verify(
 ) -> Verification:
     """Compare the plan with `pipeline` on every row of `frames` plus edge rows.
 
-    Probabilities must agree within `atol` and labels must be equal: the plan's argmax
-    against `pipeline.predict` (or, where scikit-learn's own predict and argmax differ
-    on a tie, against its argmax, which is what the service returns). Edge rows are
-    built from the first row of the first non-empty frame; on those, both failing is
-    agreement.
+    A classifier's probabilities must agree within `atol` and labels must be equal: the
+    plan's argmax against `pipeline.predict` (or, where scikit-learn's own predict and
+    argmax differ on a tie, against its argmax, which is what the service returns). A
+    regressor's values must agree within `atol` x max(1, |value|): absolute for small
+    values, relative for large ones (the same affine map summed in another order
+    differs in its last bits, whatever the target's scale); `max_abs_diff` is still the
+    largest absolute difference. Edge rows are built from the first row of the first
+    non-empty frame; on those, both failing is agreement.
     """
+    regression = compiled.task == "regression"
     columns = list(compiled._given)
     frames = [f for f in frames if len(f)]
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -655,11 +749,11 @@ def verify(
                 with warnings.catch_warnings():
                     # e.g. OneHotEncoder(handle_unknown="warn") on the unknown category
                     warnings.simplefilter("ignore", UserWarning)
-                    expected = pipeline.predict_proba(X)
+                    expected = _reference(compiled, pipeline, X)
             except Exception:
                 expected = None
             try:
-                got = compiled.predict_proba(to_columns(X, columns))
+                got = _plan_output(compiled, to_columns(X, columns))
             except Exception as exc:
                 if expected is not None:
                     errors.append(f"edge row {X.iloc[0].to_dict()}: {exc}")
@@ -674,32 +768,61 @@ def verify(
 
     rows = held_out + edge
     max_diff = 0.0
+    max_scaled = 0.0  # the figure held against atol
     mismatches = 0
     for got, expected, labels, expected_labels in pairs:
         if got.shape != expected.shape:
             errors.append(f"shape {got.shape} != scikit-learn's {expected.shape}")
             continue
+        if not got.size:
+            continue
         diff = np.abs(got - expected)
-        diff[np.isnan(diff)] = np.inf
+        # both missing (NaN) is agreement only for a regressor that predicts NaN itself
+        same_nan = np.isnan(got) & np.isnan(expected) if regression else np.zeros(diff.shape, bool)
+        diff[np.isnan(diff) & ~same_nan] = np.inf
+        diff[same_nan] = 0.0
         max_diff = max(max_diff, float(diff.max()))
+        scaled = diff / np.maximum(1.0, np.abs(np.nan_to_num(expected))) if regression else diff
+        max_scaled = max(max_scaled, float(scaled.max()))
         mismatches += int(np.sum(labels != expected_labels))
 
-    ok = not errors and rows > 0 and mismatches == 0 and max_diff <= atol
+    ok = not errors and rows > 0 and mismatches == 0 and max_scaled <= atol
+    tolerance = f"{atol:g} x max(1, |value|)" if regression else f"{atol:g}"
     counted = f"{rows} rows ({held_out} held-out + {edge} edge)"
     if not frames:
         message = "no rows to verify on"
     elif errors:
         message = f"failed on {counted}: {errors[0]}"
+    elif ok and regression:
+        message = f"matches scikit-learn on {counted}: max value diff {max_diff:.1e}"
     elif ok:
         message = f"matches scikit-learn on {counted}: max prob diff {max_diff:.1e}, labels equal"
+    elif regression:
+        message = (
+            f"differs from scikit-learn on {counted}: "
+            f"max value diff {max_diff:.2g} (tolerance {tolerance})"
+        )
     else:
         message = (
             f"differs from scikit-learn on {counted}: {mismatches} label mismatches, "
-            f"max prob diff {max_diff:.2g} (tolerance {atol:g})"
+            f"max prob diff {max_diff:.2g} (tolerance {tolerance})"
         )
     return Verification(
         ok=ok, rows=rows, max_abs_diff=max_diff, label_mismatches=mismatches, message=message
     )
+
+
+def _reference(compiled: CompiledModel, pipeline: Any, X: pd.DataFrame) -> np.ndarray:
+    """What scikit-learn answers, that the plan must match: probabilities or values."""
+    if compiled.task == "regression":
+        return _one_value_per_row(pipeline.predict(X))
+    return np.asarray(pipeline.predict_proba(X))
+
+
+def _plan_output(compiled: CompiledModel, columns: Mapping[str, Sequence]) -> np.ndarray:
+    if compiled.task == "regression":
+        return compiled.predict_values(columns)
+    return compiled.predict_proba(columns)
 
 
 def _compare(
@@ -709,11 +832,15 @@ def _compare(
     got: np.ndarray | None = None,
     expected: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(plan proba, sklearn proba, plan labels, accepted labels) on one frame."""
+    """(plan output, sklearn output, plan labels, accepted labels) on one frame; a
+    regressor has no labels (empty arrays: nothing to mismatch)."""
     if expected is None:
-        expected = pipeline.predict_proba(X)
+        expected = _reference(compiled, pipeline, X)
     if got is None:
-        got = compiled.predict_proba(to_columns(X, compiled.columns))
+        got = _plan_output(compiled, to_columns(X, compiled.columns))
+    if compiled.task == "regression":
+        none = np.empty(0, dtype=object)
+        return got, expected, none, none
     classes = np.asarray(compiled.classes, dtype=object)
     predicted = np.asarray([str(v) for v in pipeline.predict(X)], dtype=object)
     argmax = classes[np.argmax(expected, axis=1)]
@@ -736,15 +863,21 @@ def compile_and_verify(
     """
     try:
         compiled = compile_model(pipeline, columns)
-    except UnsupportedModel as exc:
+    except Exception as exc:  # UnsupportedModel, or a model no step anticipated
+        reason = (
+            str(exc)
+            if isinstance(exc, UnsupportedModel)
+            else (f"cannot compile: {type(exc).__name__}: {exc}")
+        )
         return None, {
             "compiled": False,
-            "reason": str(exc),
-            "message": f"serving with scikit-learn: {exc}",
+            "reason": reason,
+            "message": f"serving with scikit-learn: {reason}",
         }
     check = verify(compiled, pipeline, frames, atol=atol)
     report: dict[str, Any] = {
         "compiled": check.ok,
+        "task": compiled.task,
         "estimator_compiled": compiled.estimator_compiled,
         "description": compiled.description,
         "rows": check.rows,

@@ -1,13 +1,16 @@
 """Prometheus metrics of the served model, beyond BentoML's request metrics: predictions
-per class, validation failures per field, which model serves, and drift per feature over
-the most recent inputs. Fed from the prediction log's entries (`observe`), so they count
-exactly what the log records. Shipped in the bento; exposed on BentoML's /metrics.
+per class (classification) or the count, sum, sum of squares and out-of-range count of
+the predicted values (regression), validation failures per field, which model serves,
+and drift per feature (and, for a regressor, of its predictions) over the most recent
+records. Fed from the prediction log's entries (`observe`), so they count exactly what
+the log records. Shipped in the bento; exposed on BentoML's /metrics.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import re
 import time
 from collections import deque
@@ -50,6 +53,41 @@ DRIFTED = Gauge(
     documentation="1 when the feature's drift is also significant (see nbship.drift)",
     labelnames=["feature"],
 )
+# regression: mean and spread of the predictions are rate(sum) / rate(count) and
+# rate(squares) / rate(count) - mean^2 in PromQL
+PREDICTED_VALUES = Counter(
+    name="nbship_predicted_values",
+    documentation="Records answered with a predicted value (regression), by model tag",
+    labelnames=["model_tag"],
+)
+PREDICTED_SUM = Gauge(
+    name="nbship_predicted_value_sum",
+    documentation="Sum of the predicted values (regression), by model tag",
+    labelnames=["model_tag"],
+    multiprocess_mode="sum",
+)
+PREDICTED_SQUARES = Gauge(
+    name="nbship_predicted_value_squares",
+    documentation="Sum of the squared predicted values (regression), by model tag",
+    labelnames=["model_tag"],
+    multiprocess_mode="sum",
+)
+OUT_OF_RANGE = Counter(
+    name="nbship_predictions_out_of_range",
+    documentation="Predicted values below or above the training target's range (regression)",
+    labelnames=["model_tag", "side"],
+)
+PREDICTION_DRIFT_PSI = Gauge(
+    name="nbship_prediction_drift_psi",
+    documentation=(
+        f"PSI of the last {WINDOW} predicted values vs the model's predictions on the training"
+        " data (regression)"
+    ),
+)
+PREDICTION_DRIFTED = Gauge(
+    name="nbship_prediction_drifted",
+    documentation="1 when the predictions' drift is also significant (regression)",
+)
 
 
 def failed_fields(error_message: str | None) -> list[str]:
@@ -81,6 +119,28 @@ def _labels(outputs: Any) -> list[str]:
     return [p["label"] for p in outputs or []]
 
 
+_VALUE = re.compile(rb'"prediction":([^,}\]]*)')
+
+
+def _values(outputs: Any) -> list[float]:
+    """The predicted values of a regressor's answer, parsed data or the service's raw
+    JSON (read with a regex, as labels are); a null (a non-finite prediction) or
+    anything not a number is left out."""
+    if isinstance(outputs, bytes):
+        found: list[Any] = _VALUE.findall(outputs)
+    else:
+        found = [p.get("prediction") for p in outputs or [] if isinstance(p, dict)]
+    values = []
+    for v in found:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):  # null, or not a number at all
+            continue
+        if math.isfinite(number):
+            values.append(number)
+    return values
+
+
 def _records(inputs: Any) -> list[Mapping[str, Any]]:
     if isinstance(inputs, bytes):
         inputs = json.loads(inputs)
@@ -98,11 +158,27 @@ def _label_counts(outputs: Any) -> collections.Counter[str]:
 
 
 class LiveMetrics:
-    def __init__(self, profile: Mapping[str, Any] | None, columns: Sequence[str]) -> None:
+    """The metrics of one service. `task` is "classification" (predictions counted per
+    label) or "regression" (counted, summed, checked against `target_range` [min, max],
+    else the profile's, and their drift against the profile's "predictions")."""
+
+    def __init__(
+        self,
+        profile: Mapping[str, Any] | None,
+        columns: Sequence[str],
+        *,
+        task: str = "classification",
+        target_range: Sequence[float] | None = None,
+    ) -> None:
         self.profile = profile
         self.columns = list(columns)
+        self.regression = task == "regression"
+        bounds = target_range or (profile or {}).get("target_range")
+        self.target_range = (float(bounds[0]), float(bounds[1])) if bounds else None
         # request inputs as they came (raw JSON or parsed); decoded only for a drift update
         self.recent: deque[tuple[int, Any]] = deque()
+        # a regressor's recent predicted values, one list per answer (parsed once)
+        self.recent_values: deque[list[float]] = deque()
         self.recent_rows = 0
         self.since_drift = 0
         self.last_drift = float("-inf")
@@ -116,17 +192,39 @@ class LiveMetrics:
             for field in failed_fields(entry.error_message):
                 VALIDATION_FAILURES.labels(field=field).inc()
             return
-        for label, n in _label_counts(entry.outputs).items():
-            PREDICTIONS.labels(model_tag=entry.model_tag or "", label=label).inc(n)
+        if self.regression:
+            self.observe_values(entry.model_tag or "", _values(entry.outputs))
+        else:
+            for label, n in _label_counts(entry.outputs).items():
+                PREDICTIONS.labels(model_tag=entry.model_tag or "", label=label).inc(n)
         self.recent.append((entry.n_records, entry.inputs))
         self.recent_rows += entry.n_records
         while self.recent and self.recent_rows - self.recent[0][0] >= WINDOW:
             self.recent_rows -= self.recent.popleft()[0]
+            if self.recent_values:
+                self.recent_values.popleft()
         self.since_drift += entry.n_records
         now = time.monotonic()
         if self.profile and self.since_drift >= EVERY and now - self.last_drift >= MIN_SECONDS:
             self.since_drift, self.last_drift = 0, now
             self.update_drift()
+
+    def observe_values(self, tag: str, values: list[float]) -> None:
+        """A regressor's answer: its values counted, summed and checked against the range."""
+        self.recent_values.append(values)  # kept beside its entry's inputs in `recent`
+        if not values:
+            return
+        PREDICTED_VALUES.labels(model_tag=tag).inc(len(values))
+        PREDICTED_SUM.labels(model_tag=tag).inc(math.fsum(values))
+        PREDICTED_SQUARES.labels(model_tag=tag).inc(math.fsum(v * v for v in values))
+        if self.target_range is not None:
+            low, high = self.target_range
+            below = sum(1 for v in values if v < low)
+            above = sum(1 for v in values if v > high)
+            if below:
+                OUT_OF_RANGE.labels(model_tag=tag, side="below").inc(below)
+            if above:
+                OUT_OF_RANGE.labels(model_tag=tag, side="above").inc(above)
 
     def update_drift(self) -> None:
         if not self.profile:  # observe() only calls this with a profile to compare against
@@ -137,3 +235,11 @@ class LiveMetrics:
             if result.get("psi") is not None:
                 DRIFT_PSI.labels(feature=feature).set(result["psi"])
             DRIFTED.labels(feature=feature).set(1 if result.get("drifted") else 0)
+        reference = self.profile.get("predictions") if self.regression else None
+        if isinstance(reference, Mapping) and reference.get("kind") == "numeric":
+            values = [v for answer in self.recent_values for v in answer][-WINDOW:]
+            profile = {"version": self.profile.get("version"), "features": {"p": reference}}
+            result = feature_drift(profile, {"p": values})["p"]
+            if result.get("psi") is not None:
+                PREDICTION_DRIFT_PSI.set(result["psi"])
+            PREDICTION_DRIFTED.set(1 if result.get("drifted") else 0)

@@ -30,6 +30,9 @@ HEADER = b"x-request-id"
 # how the service writes an answer (serving.py): {"model":"<tag>","predictions":[...]}
 ANSWER_HEAD = b'{"model":'
 ANSWER_SPLIT = b',"predictions":'
+# the key every answered record's object has, per task: counting it counts the records
+# (a key inside a JSON string has its quotes escaped, so it cannot be miscounted)
+RECORD_KEYS = {"classification": b'"label":', "regression": b'"prediction":'}
 logger = logging.getLogger("bentoml.nbship.log")
 
 
@@ -51,9 +54,11 @@ def entry_for(
     request_body: bytes,
     response_body: bytes,
     model_tag: str | None,
+    record_key: bytes = RECORD_KEYS["classification"],
 ) -> LogEntry:
     """One log entry from what passed over the wire. An answer in the service's own
-    format is logged from its bytes, without decoding the request or the answer."""
+    format is logged from its bytes, without decoding the request or the answer;
+    `record_key` is the key of each answered record's object."""
     split = response_body.find(ANSWER_SPLIT) if response_body.startswith(ANSWER_HEAD) else -1
     if 200 <= status < 300 and split > 0 and response_body.endswith(b"}"):
         return LogEntry(
@@ -62,7 +67,7 @@ def entry_for(
             inputs=RawJSON(request_body),
             outputs=RawJSON(response_body[split + len(ANSWER_SPLIT) : -1]),
             latency_ms=latency_ms, status="ok", http_status=status,
-            n_records=response_body.count(b'"label":'),  # one per answered record
+            n_records=response_body.count(record_key),  # one per answered record
         )  # fmt: skip
     inputs = _decode(request_body)
     answer = _decode(response_body)
@@ -85,7 +90,8 @@ def entry_for(
 
 class RequestLogMiddleware:
     """Logs POSTs to `routes` ({path: kind}) into `log`; `model_tag()` names the model
-    serving now (for failures, whose response does not say)."""
+    serving now (for failures, whose response does not say); `record_key` is the key
+    of each record's object in an answer (RECORD_KEYS, by task)."""
 
     def __init__(
         self,
@@ -95,8 +101,10 @@ class RequestLogMiddleware:
         routes: dict[str, str],
         model_tag: Callable[[], str | None],
         observe: Callable[[LogEntry], None] | None = None,
+        record_key: bytes = RECORD_KEYS["classification"],
     ) -> None:
         self.app = app
+        self.record_key = record_key
         self.log = log
         self.routes = routes
         self.model_tag = model_tag
@@ -168,7 +176,7 @@ class RequestLogMiddleware:
         if log is None and self.observe is None:
             return None
         try:
-            entry = entry_for(**fields, model_tag=self.model_tag())
+            entry = entry_for(**fields, model_tag=self.model_tag(), record_key=self.record_key)
             if log is not None:
                 log.record(entry)
             return entry

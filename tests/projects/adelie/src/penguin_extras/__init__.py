@@ -1,0 +1,2 @@
+"""The adelie test project's own code: its data loader and a feature transformer its
+model uses (so the bento must ship this package)."""
