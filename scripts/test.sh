@@ -13,4 +13,5 @@ uv run ruff format --check .
 # the import layers (pyproject's [tool.importlinter]) and the types of src/
 uv run lint-imports --no-cache
 uv run mypy
-uv run pytest "$@"
+# two workers (pytest-xdist); tests sharing a session build stay together (tests/conftest.py)
+uv run pytest -n 2 --dist loadgroup "$@"

@@ -27,6 +27,26 @@ atexit.register(shutil.rmtree, _BENTOML_HOME, True)
 
 NBSHIP = str(Path(sys.executable).with_name("nbship"))
 
+# Under pytest-xdist (scripts/test.sh runs two workers), the tests that share one of these
+# session builds run on one worker, so each is built once; podman's image store is the
+# host's, so every container test runs on one worker too.
+SHARED_BUILDS = {
+    "container_image": "container",
+    "worse_build": "worse",
+    "regression_project": "projects",
+    "own_code_project": "projects",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = next((g for f, g in SHARED_BUILDS.items() if f in fixtures), None)
+        if group is None and item.get_closest_marker("container"):
+            group = "container"
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @dataclass(frozen=True)
 class Project:

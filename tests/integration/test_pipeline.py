@@ -3,7 +3,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -53,14 +52,18 @@ def test_winner_is_the_best_candidate_by_the_configured_metric(built_project: Pr
 
 
 def test_noop_rebuild_runs_no_task(built_project: Project):
-    started = time.perf_counter()
+    # answered by the build stamp, without loading Ploomber (how fast that is:
+    # benchmarks/pipeline.py)
     result = built_project.run("build", check=True)
-    assert "Nothing to build" in result.stdout
-    assert time.perf_counter() - started < 10
+    assert "Nothing to build: no input changed since the last build (build stamp)." in (
+        result.stdout
+    )
     # and without the stamp, Ploomber's own check agrees
     (built_project.root / pipeline.STAMP_FILE).unlink()
     result = built_project.run("build", check=True)
-    assert "Nothing to build" in result.stdout, result.stdout + result.stderr
+    assert "Nothing to build: every task is up to date." in result.stdout, (
+        result.stdout + result.stderr
+    )
 
 
 def test_plain_ploomber_build_agrees_nothing_is_outdated(built_project: Project):

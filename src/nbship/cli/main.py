@@ -47,7 +47,9 @@ def build(project: Path, force: bool) -> None:
         click.echo(f"build failed: {cause or exc}", err=True)
         click.echo("Earlier products, and the published bento, are unchanged.", err=True)
         sys.exit(1)
-    if not result.ran:
+    if result.skipped_by_stamp:
+        click.echo("Nothing to build: no input changed since the last build (build stamp).")
+    elif not result.ran:
         click.echo("Nothing to build: every task is up to date.")
     else:
         click.echo(f"Ran {len(result.ran)} task(s): {', '.join(result.ran)}")
