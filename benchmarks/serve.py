@@ -42,7 +42,6 @@ def source_rows(project: Path, columns: list[str]) -> list[dict]:
     source = load(project).data.source
     if Path(source).suffix in (".csv", ".parquet") and not Path(source).is_absolute():
         source = str(project / source)
-    sys.path.insert(0, str(project / "src"))  # a project's own loader
     df = load_source(source)[columns]
     return json.loads(df.to_json(orient="records"))
 
@@ -218,6 +217,7 @@ def main() -> None:
         from nbship.project import Project
 
         args.bento = Project.load(project).published_bento
+    sys.path.insert(0, str(project / "src"))  # a project's own code: its model, its loader
     config = json.loads((args.bento / "src" / "serving.json").read_text())
     name, version = config["model_tag"].split(":")
     model_file = args.bento / "models" / name / version / "saved_model.pkl"
