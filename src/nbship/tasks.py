@@ -113,6 +113,12 @@ def get(kind: str) -> Task:
     return TASKS[kind]
 
 
+def recorded(kind: str | None) -> Task:
+    """The task a model's metadata records; a model built before regression existed
+    records none, and was a classifier."""
+    return get(kind) if kind else CLASSIFICATION
+
+
 def infer(y: pd.Series) -> tuple[Task, str]:
     """The task a target column implies, and why: text, categories and booleans are
     classes; floats are numbers; integers are classes when few, numbers otherwise."""

@@ -16,13 +16,13 @@ cannot become a row: it is counted in the summary, not guessed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
+from nbship import tasks
 from nbship.pipeline.data import fingerprint
 from nbship.pipeline.training import Features
 from nbship.prediction_log import FEEDBACK_KIND, read_log
@@ -77,13 +77,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _labels_task(labels: Iterable[Any]) -> str:
-    """What labels say of the task: all numbers (JSON numbers, not text) a regressor's;
-    a classifier's labels are its class names, text."""
-    found = list(labels)
-    return "regression" if found and all(_is_number(v) for v in found) else "classification"
-
-
 def labelled_feedback(
     url: str,
     features: Features,
@@ -96,10 +89,10 @@ def labelled_feedback(
     table of the feature columns + `target`, oldest first, and a summary of the export.
 
     `task` ("classification" / "regression"): the served model's, which sets the
-    target's dtype (text, or float64); None reads it from the labels (numbers:
-    regression), which an empty log cannot tell: give it."""
-    if task not in (None, "classification", "regression"):
-        raise ValueError(f"unknown task {task!r}: classification or regression")
+    target's dtype (text, or float64); None reads it from the labels as the split reads
+    a target (`tasks.infer`), which an empty log cannot tell: give it."""
+    if task is not None:
+        tasks.get(task)  # ValueError naming the known ones
     columns = features.columns
     entries = read_log(url, kind=FEEDBACK_KIND, until=until)
     items = [
@@ -108,7 +101,8 @@ def labelled_feedback(
         for item in (inputs if isinstance(inputs, list) else [])
         if isinstance(item, dict) and item.get("label") is not None
     ]
-    task = task or _labels_task(item["label"] for _, item in items)
+    if task is None:
+        task = tasks.infer(pd.Series([item["label"] for _, item in items], name=target))[0].kind
     regression = task == "regression"
     if regression:  # a label that is no finite number cannot be a training row
         items = [(ts, i) for ts, i in items if _finite(i["label"])]

@@ -34,7 +34,7 @@ def split_part(project: Project, part: str) -> pd.DataFrame:
 def gate_metric(setting: str | None, version: ModelVersion) -> str:
     """The metric the gates compare: the configured one, or for "auto" the one the version
     was selected on, else its task's default (classification for a version without one)."""
-    task = tasks.get(version.extra.get("task") or "classification")
+    task = tasks.recorded(version.extra.get("task"))
     if setting not in (None, "", "auto"):
         return str(setting)
     selected = (version.extra.get("selection") or {}).get("metric")

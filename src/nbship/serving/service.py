@@ -61,7 +61,7 @@ from nbship.serving.compiled import CompiledModel, UnsupportedModel, compile_mod
 from nbship.serving.live_metrics import LiveMetrics
 from nbship.serving.request_log import RECORD_KEYS, RequestLogMiddleware
 from nbship.tasks import CLASSIFICATION, Task
-from nbship.tasks import get as get_task
+from nbship.tasks import recorded as recorded_task
 
 CONFIG_FILE = "serving.json"
 RELOAD_ENV = "NBSHIP_RELOAD_SECONDS"  # how often to ask the registry; 0 = never
@@ -83,8 +83,7 @@ def load_config(root: Path) -> dict[str, Any]:
 def config_task(config: dict[str, Any]) -> Task:
     """The task a bento serves: serving.json's "task", else its metadata's, else
     classification (bentos built before regression say neither)."""
-    kind = config.get("task") or (config.get("metadata") or {}).get("task")
-    return get_task(kind) if kind else CLASSIFICATION
+    return recorded_task(config.get("task") or (config.get("metadata") or {}).get("task"))
 
 
 @dataclass(frozen=True)
@@ -187,8 +186,7 @@ def load_champion(champion: ModelVersion, config: dict[str, Any]) -> ServedModel
             f" this bento serves {config['columns']}"
         )
     task = config_task(config)
-    # a version registered before regression existed is a classifier
-    champion_task = champion.extra.get("task") or CLASSIFICATION.kind
+    champion_task = recorded_task(champion.extra.get("task")).kind
     if champion_task != task.kind:
         raise RefusedModel(
             f"champion {champion.tag} does {champion_task}, this bento serves {task.kind}"
