@@ -221,15 +221,13 @@ class _Branch:
         return f"{ops} {len(self.inputs)} {self.name}"
 
 
-class _LogisticRegression:
-    """sklearn 1.9: binary -> expit of the one decision value; else softmax."""
+class _Affine:
+    """X @ coef + intercept: a linear model's decision values (rows, k), or one value per
+    row for a 1-D coef."""
 
-    def __init__(
-        self, coef: np.ndarray, intercept: np.ndarray, binary: bool, check_nan: bool
-    ) -> None:
-        self.weights = np.ascontiguousarray(coef.T)  # (features, k)
+    def __init__(self, coef: np.ndarray, intercept: Any, check_nan: bool) -> None:
+        self.weights = np.ascontiguousarray(coef.T, dtype=float)  # (features,) or (features, k)
         self.intercept = intercept
-        self.binary = binary
         self.check_nan = check_nan  # a missing value may reach it: refuse, as sklearn does
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -237,6 +235,25 @@ class _LogisticRegression:
             raise ValueError("Input X contains NaN: a missing value reached the estimator")
         z = X @ self.weights
         z += self.intercept
+        return z
+
+
+class _LinearRegression(_Affine):
+    """A single-target linear regressor: its affine map is the prediction, one value per
+    row."""
+
+
+class _LogisticRegression(_Affine):
+    """sklearn 1.9: binary -> expit of the one decision value; else softmax."""
+
+    def __init__(
+        self, coef: np.ndarray, intercept: np.ndarray, binary: bool, check_nan: bool
+    ) -> None:
+        super().__init__(coef, intercept, check_nan)
+        self.binary = binary
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        z = super().__call__(X)
         if self.binary:
             # expit(z) = 1 / (1 + e^-z), written so a large |z| cannot overflow
             p = np.exp(-np.logaddexp(0.0, -z[:, 0]))
@@ -266,22 +283,6 @@ class _Estimator:
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.estimator.predict_proba(self._input(X)), dtype=float)
-
-
-class _LinearRegression:
-    """A single-target linear regressor: X @ coef + intercept, one value per row."""
-
-    def __init__(self, coef: np.ndarray, intercept: float, check_nan: bool) -> None:
-        self.weights = np.ascontiguousarray(coef, dtype=float)  # (features,)
-        self.intercept = intercept
-        self.check_nan = check_nan  # a missing value may reach it: refuse, as sklearn does
-
-    def __call__(self, X: np.ndarray) -> np.ndarray:
-        if self.check_nan and np.isnan(X).any():
-            raise ValueError("Input X contains NaN: a missing value reached the estimator")
-        z = X @ self.weights
-        z += self.intercept
-        return z
 
 
 class _Regressor(_Estimator):
