@@ -7,7 +7,7 @@
 upstream = ["train-*", "split"]
 product = None
 features = {"numeric": [], "categorical": []}
-target = "species"
+target = ""
 
 # %%
 import matplotlib.pyplot as plt

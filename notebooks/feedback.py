@@ -9,9 +9,9 @@
 upstream = ["load"]
 product = None
 log_url = "sqlite:///prediction_log.db"
-suite = "expectations/penguins.json"
+suite = ""
 features = {"numeric": [], "categorical": []}
-target = "species"
+target = ""
 task = "auto"
 
 # %%

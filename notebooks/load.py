@@ -1,11 +1,13 @@
 # %% [markdown]
 # # Load
-# Reads the raw table from a packaged source (nothing is downloaded) and keeps it as parquet.
+# Reads the raw table (a file, or a function of a package), leaves out the columns
+# `data.drop` names, and keeps it as parquet.
 
 # %% tags=["parameters"]
 upstream = None
 product = None
-source = "palmerpenguins:load_penguins"
+source = ""
+drop = []
 sample_rows = None
 seed = 42
 
@@ -13,7 +15,7 @@ seed = 42
 from nbship.common.artifacts import write_frame
 from nbship.pipeline import data
 
-raw = data.load_source(source, sample_rows=sample_rows, seed=seed)
+raw = data.load_source(source, sample_rows=sample_rows, seed=seed, drop=drop)
 write_frame(raw, product["data"])
 print(f"{len(raw)} rows, fingerprint {data.fingerprint(raw)}")
 raw.describe(include="all").T

@@ -7,10 +7,10 @@
 upstream = ["choose", "evaluate", "split", "train-*"]
 product = None
 project_dir = "."
-suite = "expectations/penguins.json"
+suite = ""
 features = {"numeric": [], "categorical": []}
-target = "species"
-bento_name = "penguins_classifier"
+target = ""
+bento_name = ""
 bentos_dir = "bentos"
 max_batch = 1000
 reports_dir = "build/reports"

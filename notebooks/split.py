@@ -8,7 +8,7 @@
 # %% tags=["parameters"]
 upstream = ["validate", "load", "feedback"]
 product = None
-target = "species"
+target = ""
 task = "auto"
 test_size = 0.25
 golden_size = 60

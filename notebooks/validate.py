@@ -6,7 +6,7 @@
 # %% tags=["parameters"]
 upstream = ["load"]
 product = None
-suite = "expectations/penguins.json"
+suite = ""
 
 # %%
 import pandas as pd

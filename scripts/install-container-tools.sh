@@ -1,15 +1,4 @@
 #!/usr/bin/env bash
-# Debian packages the container build needs: rootful podman with runc, and debootstrap
-# for the base image. Idempotent; needs root.
-set -euo pipefail
-missing=()
-for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-(( ${#missing[@]} == 0 )) && exit 0
-if [[ $(id -u) != 0 ]]; then
-  echo "need root to install: ${missing[*]} (apt-get install podman runc debootstrap)" >&2
-  exit 1
-fi
-echo "installing podman runc debootstrap" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq podman runc debootstrap uidmap fuse-overlayfs >/dev/null
+# The installer ships with nbship (`nbship container build` runs it when a tool is
+# missing); this repo's test command runs the same file.
+exec bash "$(dirname "$0")/../src/nbship/deploy/install-container-tools.sh" "$@"

@@ -47,6 +47,8 @@ class Section(BaseModel):
 
 class DataSettings(Section):
     source: str = Field(description="a .csv/.parquet path, or `module:function` returning a table")
+    # columns read but never used (ids, leaks of the target): dropped as the table is loaded
+    drop: list[str] = []
     sample_rows: PositiveInt | None = None  # a reproducible sample (tests use this)
     seed: int = 42
 

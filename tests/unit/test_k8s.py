@@ -1,15 +1,23 @@
-"""Kubernetes manifests: checked against the API's JSON schemas, since no cluster runs here."""
+"""Kubernetes manifests: checked against the API's JSON schemas, since no cluster runs here;
+written unchecked, and saying so, when the optional schemas are not installed."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from nbship.cli.main import main
 from nbship.deploy import k8s
 from nbship.deploy.k8s import DeploymentSettings
+from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +58,7 @@ def test_manifests_are_deployment_service_hpa_and_validate(docs: list[dict]) -> 
     ]
     k8s.validate(docs)
     # The default version's schemas are really shipped (no silent fallback).
-    assert k8s.KUBERNETES_VERSION in k8s.kv.all_versions()
+    assert k8s.KUBERNETES_VERSION in k8s.schemas().all_versions()
 
 
 def test_names_are_dns_safe(docs: list[dict]) -> None:
@@ -168,7 +176,7 @@ def test_unknown_kind_is_an_error_not_a_pass() -> None:
 
 def test_write_round_trips(tmp_path, settings: DeploymentSettings, docs: list[dict]) -> None:
     target = tmp_path / "build" / "k8s" / "penguins_classifier.yaml"
-    assert k8s.write(settings, target) == target
+    assert k8s.write(settings, target) == k8s.Written(target, not_validated=None)
     text = target.read_text()
     assert text.count("\n---\n") == 2
     assert "&id" not in text  # no YAML anchors/aliases
@@ -202,3 +210,132 @@ def test_bad_settings_are_refused() -> None:
         DeploymentSettings(name="p", image="i", model_tag="t", min_replicas=5, max_replicas=2)
     with pytest.raises(ValueError, match="Kubernetes name"):
         k8s.manifests(DeploymentSettings(name="___", image="i", model_tag="t"))
+
+
+def test_invalid_manifests_are_not_written(
+    tmp_path: Path, settings: DeploymentSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = k8s.manifests
+
+    def broken(s: DeploymentSettings) -> list[dict]:
+        docs = real(s)
+        docs[0]["spec"]["replicas"] = "two"
+        return docs
+
+    monkeypatch.setattr(k8s, "manifests", broken)
+    target = tmp_path / "k8s.yaml"
+    with pytest.raises(ValueError, match=r"spec\.replicas"):
+        k8s.write(settings, target)
+    assert not target.exists()
+
+
+# --- without the optional extra (nbship[k8s]) ----------------------------------------
+
+
+@pytest.fixture
+def no_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kubernetes-validate as if not installed: importing it fails as a missing one does."""
+    for name in [m for m in sys.modules if m.split(".")[0] == k8s.VALIDATOR]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, k8s.VALIDATOR, None)
+
+
+@pytest.mark.usefixtures("no_schemas")
+def test_without_schemas_validate_says_how_to_get_them(docs: list[dict]) -> None:
+    with pytest.raises(k8s.SchemasUnavailable, match=re.escape("pip install 'nbship[k8s]'")):
+        k8s.validate(docs)
+
+
+@pytest.mark.usefixtures("no_schemas")
+def test_without_schemas_the_manifests_are_written_unvalidated(
+    tmp_path: Path, settings: DeploymentSettings, docs: list[dict]
+) -> None:
+    target = tmp_path / "k8s" / "m.yaml"
+    written = k8s.write(settings, target)
+    assert written.path == target
+    assert written.not_validated is not None
+    assert "not validated" in written.not_validated
+    assert "nbship[k8s]" in written.not_validated
+    assert list(yaml.safe_load_all(target.read_text())) == docs
+
+
+def test_a_broken_install_is_not_taken_for_a_missing_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only kubernetes-validate's own absence means "not installed": a missing dependency
+    of it is a broken install, shown as it is rather than skipping the check quietly."""
+    for name in [m for m in sys.modules if m.split(".")[0] == k8s.VALIDATOR]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # kubernetes-validate imports it
+    with pytest.raises(ModuleNotFoundError) as caught:
+        k8s.schemas()
+    assert caught.value.name == "jsonschema"
+
+
+# --- `nbship k8s` ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    """A project whose published bento is only what `nbship k8s` reads of one."""
+    for name in ("env.yaml", "pipeline.yaml"):
+        shutil.copy2(PROJECT / name, tmp_path / name)
+    shutil.copytree(PROJECT / "expectations", tmp_path / "expectations")
+    version = tmp_path / "bentos" / "penguins_classifier-v7abc"
+    (version / "src").mkdir(parents=True)
+    (version / "bento.yaml").write_text("name: penguins_classifier\n")
+    serving = {
+        "bento_name": "penguins_classifier",
+        "model_tag": "penguins_classifier:xk3p2ubvqkpqhxyz",
+        "metadata": {"git_commit": "0123abc"},
+    }
+    (version / "src" / "serving.json").write_text(json.dumps(serving))
+    (tmp_path / "bentos" / "penguins_classifier").symlink_to(version.name)
+    return tmp_path
+
+
+def _k8s(project: Path) -> tuple[int, str, str, Path]:
+    result = CliRunner().invoke(main, ["k8s", "--project", str(project)])
+    return (
+        result.exit_code,
+        result.stdout,
+        result.stderr,
+        project / "build/k8s/penguins_classifier.yaml",
+    )
+
+
+def test_cli_writes_validated_manifests(published: Path) -> None:
+    code, out, err, target = _k8s(published)
+    assert code == 0, out + err
+    assert out.strip() == str(target)
+    assert err == ""
+    deployment = next(yaml.safe_load_all(target.read_text()))
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "localhost/penguins_classifier:v7abc"
+    )
+
+
+@pytest.mark.usefixtures("no_schemas")
+def test_cli_without_schemas_writes_and_warns_in_one_line(published: Path) -> None:
+    code, out, err, target = _k8s(published)
+    assert code == 0, out + err
+    assert out.strip() == str(target)
+    assert target.is_file()
+    assert err.strip().splitlines() == [
+        "warning: not validated against the Kubernetes schemas: kubernetes-validate is not "
+        "installed (pip install 'nbship[k8s]')"
+    ]
+
+
+def test_cli_refuses_bad_settings_in_one_line(published: Path) -> None:
+    env = published / "env.yaml"
+    config = yaml.safe_load(env.read_text())
+    config["kubernetes"] = {
+        **(config.get("kubernetes") or {}),
+        "min_replicas": 5,
+        "max_replicas": 2,
+    }
+    env.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, out, err, target = _k8s(published)
+    assert code == 1
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines() == ["Error: need 1 <= min_replicas (5) <= max_replicas (2)"]
+    assert not target.exists()

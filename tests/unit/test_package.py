@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from nbship.packaging import bento as package
-from nbship.packaging.bento import PackagingError
 from tests.support import PROJECT
 
 pytestmark = pytest.mark.unit
@@ -178,9 +177,10 @@ def test_library_versions_skips_what_is_not_installed():
 
 @pytest.fixture(scope="module")
 def serving_pins() -> dict[str, str]:
-    text = package.serving_requirements(PROJECT)
+    result = package.serving_requirements(PROJECT, ["scikit-learn"])
+    assert result.route == "serve-group"  # this repo locks and declares a serve group
     pins: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in result.text.splitlines():
         requirement = line.split("#", 1)[0].split(";", 1)[0].strip()
         if not requirement:
             continue
@@ -200,13 +200,14 @@ def test_serving_requirements_leave_out_the_notebook_and_pipeline_stack(serving_
     assert "nbship" not in serving_pins  # the bento ships the serving modules, not the package
 
 
-def test_serving_requirements_without_a_lock_is_a_packaging_error(tmp_path: Path):
-    with pytest.raises(PackagingError, match="uv export failed"):
-        package.serving_requirements(tmp_path)
-    # a project definition without its lock file is refused too (--frozen never locks)
+def test_serving_requirements_without_a_lock_pin_the_environment_and_lock_nothing(
+    tmp_path: Path,
+):
+    # a project definition without its lock file: its environment, never a new lock
     (tmp_path / "pyproject.toml").write_text((PROJECT / "pyproject.toml").read_text())
-    with pytest.raises(PackagingError, match=r"uv\.lock"):
-        package.serving_requirements(tmp_path)
+    result = package.serving_requirements(tmp_path, ["scikit-learn"])
+    assert result.route == "environment"
+    assert f"bentoml=={importlib.metadata.version('bentoml')}" in result.text.splitlines()
     assert not (tmp_path / "uv.lock").exists()
 
 

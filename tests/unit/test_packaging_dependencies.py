@@ -4,6 +4,7 @@ staged for the bento, notebook code and unpinned packages are refused by name.""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -295,6 +296,25 @@ def test_a_third_party_package_missing_from_the_requirements_is_refused(tmp_path
         model, project_dir=tmp_path, requirements=REQUIREMENTS + "pyyaml==6.0.3\n"
     )
     assert code.third_party["yaml"] == ["PyYAML"]
+
+
+def test_without_requirements_the_model_packages_are_listed_as_roots(tmp_path: Path):
+    """Packaging pins what the model needs itself (packaging.requirements): unchecked here,
+    each distribution is handed over."""
+    model = fitted_with(carrying(yaml.safe_dump), numeric=("x1", "x2"))
+    code = find_dependencies(model, project_dir=tmp_path)
+    assert code.third_party["yaml"] == ["PyYAML"]
+    assert {"PyYAML", "scikit-learn", "numpy"} <= set(code.distributions)
+    assert code.distributions == sorted(set(code.distributions))
+
+
+def test_a_namespace_package_names_the_distribution_that_holds_the_module(tmp_path: Path):
+    from opentelemetry.util.http import redact_url
+
+    assert len(set(importlib.metadata.packages_distributions()["opentelemetry"])) > 1
+    code = find_dependencies(fitted_with(carrying(redact_url), numeric=("x1", "x2")),
+                             project_dir=tmp_path)  # fmt: skip
+    assert code.third_party["opentelemetry"] == ["opentelemetry-util-http"]
 
 
 def test_every_problem_is_listed_at_once(notebook_code: tuple[type, Any], tmp_path: Path):

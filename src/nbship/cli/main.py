@@ -168,15 +168,16 @@ def container() -> None:
 def container_build(project: Path) -> None:
     """Build the image of the published bento; the base image is made once and cached.
     Installs podman, runc and debootstrap (Debian packages) first when they are missing."""
-    import subprocess
-
-    from nbship.deploy.container import ContainerError, build_image, check_tools
+    from nbship.deploy.container import ContainerError, build_image, check_tools, install_tools
 
     try:
         check_tools()
     except ContainerError:
-        subprocess.run(["bash", str(project.resolve() / "scripts/install-container-tools.sh")],
-                       check=True)  # fmt: skip
+        click.echo("installing podman, runc and debootstrap (apt-get)", err=True)
+        try:
+            install_tools()
+        except ContainerError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         result = build_image(published_bento(load_project(project)), _container_settings(project))
     except ContainerError as exc:
@@ -217,25 +218,38 @@ def container_stop(project: Path, container_id: str, timeout: int) -> None:
 @output_option("<root>/k8s/<bento name>.yaml")
 def k8s(project: Path, output: Path | None) -> None:
     """Kubernetes manifests (Deployment, Service, HPA) for the published bento's image,
-    validated against the Kubernetes schemas."""
+    validated against the Kubernetes schemas when kubernetes-validate is installed
+    (pip install 'nbship[k8s]')."""
     from nbship.deploy.container import image_name
     from nbship.deploy.k8s import DeploymentSettings, write
 
     loaded = load_project(project)
     image, config = image_name(published_bento(loaded))
-    settings = DeploymentSettings(
-        name=config["bento_name"], image=image, model_tag=config["model_tag"],
-        git_commit=config["metadata"].get("git_commit"), **loaded.config.kubernetes.model_dump(),
-    )  # fmt: skip
     out = output or loaded.root / "k8s" / f"{config['bento_name']}.yaml"
-    click.echo(str(write(settings, out)))
+    try:
+        settings = DeploymentSettings(
+            name=config["bento_name"], image=image, model_tag=config["model_tag"],
+            git_commit=config["metadata"].get("git_commit"),
+            **loaded.config.kubernetes.model_dump(),
+        )  # fmt: skip
+        written = write(settings, out)
+    except ValueError as exc:  # settings that make no valid manifest: nothing is written
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(written.path))
+    if written.not_validated:
+        click.echo(f"warning: {written.not_validated}", err=True)
 
 
 def _register_groups() -> None:
     from nbship.cli.log import log, monitor
     from nbship.cli.models import models
     from nbship.cli.retrain import retrain
+    from nbship.cli.scaffold import adopt, init
+    from nbship.cli.suite import suite
 
+    main.add_command(init)
+    main.add_command(adopt)
+    main.add_command(suite)
     main.add_command(models)
     main.add_command(retrain)
     main.add_command(log)

@@ -22,6 +22,8 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 CONTAINER_PORT = 3000
 APP_UID = 10001
 REQUIRED_TOOLS = ("podman", "runc", "debootstrap")
+INSTALL_TOOLS_SCRIPT = "install-container-tools.sh"  # package data next to this module
 
 
 class ContainerError(RuntimeError):
@@ -105,13 +108,29 @@ def podman_env(settings: ContainerSettings) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
 
+def install_tools_script() -> Traversable:
+    """The installer of the tools, shipped in this package: a project has no copy of it."""
+    return resources.files(__package__) / INSTALL_TOOLS_SCRIPT
+
+
 def check_tools() -> None:
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
         raise ContainerError(
-            f"missing {', '.join(missing)}: run `bash scripts/install-container-tools.sh` "
-            "(Debian packages podman, runc, debootstrap; needs root)"
+            f"missing {', '.join(missing)}: `nbship container build` installs them as root, "
+            f"or run `bash {install_tools_script()}` as root (Debian packages podman, runc, "
+            "debootstrap)"
         )
+
+
+def install_tools() -> None:
+    """Installs the missing tools with apt-get (Debian; needs root), else ContainerError
+    with the installer's own reason."""
+    with resources.as_file(install_tools_script()) as script:
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        raise ContainerError(f"cannot install {', '.join(REQUIRED_TOOLS)}: {reason[0]}")
 
 
 def _run(
@@ -203,18 +222,28 @@ def _trust_cas(rootfs: Path, cas: Sequence[Path], env: dict[str, str]) -> None:
 
 CONTAINERFILE = """\
 FROM {base}
-# Every dependency is a wheel (--only-binary): no compiler in the image. Packages' own
-# test suites are dropped.
+# Stage 0 makes the venv; the image keeps only its /opt/venv, so pip, setuptools and
+# binutils (to strip debug info) never reach it.
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils \\
+    >/dev/null 2>&1 \\
+ || echo "binutils not installable: shared objects keep their debug info"
 COPY bento/env/python/requirements.txt /tmp/requirements.txt
-RUN python3 -m venv /opt/venv \\
- && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --no-cache-dir \\
-    --disable-pip-version-check --only-binary=:all: -r /tmp/requirements.txt \\
- && /opt/venv/bin/pip uninstall -y -q pip \\
- && find /opt/venv -type d -name tests -prune -exec rm -rf {{}} + \\
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {{}} + \\
- && rm /tmp/requirements.txt \\
- && useradd --uid {uid} --create-home --shell /usr/sbin/nologin bento \\
+COPY prune.py /tmp/prune.py
+# Every dependency is a wheel (--only-binary): no compiler anywhere. pip runs from a venv
+# of its own and installs into the server's (--python), uncompiled: the warm-up below
+# compiles what the server imports.
+RUN python3 -m venv --without-pip /opt/venv \\
+ && python3 -m venv /tmp/pip \\
+ && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /tmp/pip/bin/pip --python /opt/venv/bin/python \\
+    install --no-cache-dir --no-compile --disable-pip-version-check --only-binary=:all: \\
+    -r /tmp/requirements.txt \\
+ && python3 /tmp/prune.py /opt/venv
+
+FROM {base}
+RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin bento \\
  && install -d -o {uid} -g {uid} /var/lib/nbship
+COPY --from=0 /opt/venv /opt/venv
 COPY --chown={uid}:{uid} bento /home/bento/bento
 # the prediction log lives in the container's own folder (mount a volume there to keep
 # it, or point NBSHIP_LOG_URL at PostgreSQL); the host's registry path means nothing
@@ -228,15 +257,44 @@ ENV PATH=/opt/venv/bin:$PATH \\
 VOLUME /var/lib/nbship
 # A server that compiles its imports at every start is slow to become ready; compiling
 # the whole venv costs ~80 MB. So start the server once here: exactly what it imports
-# gets compiled.
+# gets compiled, without the column tables of each instruction (-X no_debug_ranges:
+# ~8% smaller; a traceback keeps its lines, loses its ^^^ markers).
 COPY warmup.py /tmp/warmup.py
-RUN python3 /tmp/warmup.py && rm -rf /tmp/warmup.py /tmp/warmup-home
+RUN PYTHONNODEBUGRANGES=1 python3 /tmp/warmup.py && rm -rf /tmp/warmup.py /tmp/warmup-home
 ENV PYTHONDONTWRITEBYTECODE=1
 USER {uid}
 WORKDIR /home/bento
 EXPOSE {port}
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["bentoml", "serve", "/home/bento/bento", "--host", "0.0.0.0", "--port", "{port}"]
+"""
+
+PRUNE = """\
+# Build-time: drops from the venv what a server never reads. Packages' test suites;
+# stubs and the sources and headers compiled extensions were built from; debug info of
+# shared objects (strip --strip-debug), except those auditwheel patched (an RPATH, or
+# under a *.libs folder): strip can corrupt what patchelf rewrote.
+import os, shutil, subprocess, sys
+from pathlib import Path
+
+BUILD_ONLY = {".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h", ".cpp", ".hpp"}
+venv = Path(sys.argv[1])
+tools = shutil.which("strip") and shutil.which("readelf")
+for root, dirs, files in os.walk(venv):
+    for name in [d for d in dirs if d in ("tests", "__pycache__")]:
+        shutil.rmtree(os.path.join(root, name))
+        dirs.remove(name)
+    for name in files:
+        path = os.path.join(root, name)
+        if os.path.islink(path):
+            continue
+        if os.path.splitext(name)[1] in BUILD_ONLY:
+            os.remove(path)
+        elif tools and (name.endswith(".so") or ".so." in name) and not root.endswith(".libs"):
+            elf = subprocess.run(["readelf", "-S", "-d", "-W", path], capture_output=True,
+                                 text=True).stdout
+            if ".debug_" in elf and "(RPATH)" not in elf and "(RUNPATH)" not in elf:
+                subprocess.run(["strip", "--strip-debug", path], check=True)
 """
 
 WARMUP = """\
@@ -297,6 +355,7 @@ def build_image(bento_dir: str | Path, settings: ContainerSettings) -> ImageBuil
         context = Path(tmp)
         shutil.copytree(bento_dir, context / "bento")
         (context / "warmup.py").write_text(WARMUP)
+        (context / "prune.py").write_text(PRUNE)
         (context / "Containerfile").write_text(
             CONTAINERFILE.format(base=base, uid=APP_UID, port=CONTAINER_PORT)
         )

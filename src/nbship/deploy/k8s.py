@@ -4,6 +4,10 @@ No cluster runs here, so the manifests are checked offline against the Kubernete
 JSON schemas shipped by `kubernetes-validate` (strict: unknown fields are errors, as a
 typo such as `readinesProbe` would otherwise be dropped silently by `kubectl apply`).
 Schemas do not check name and label formats, so those are made safe here by construction.
+
+Those schemas take about 100 MB that only this check needs, so `kubernetes-validate`
+is an optional extra (`nbship[k8s]`): without it the manifests are written unchecked and
+`Written.not_validated` says so.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import yaml
-from kubernetes_validate import utils as kv
 
 from nbship.config import KubernetesSettings
 
@@ -28,6 +32,8 @@ MAX_LABEL = 63  # Kubernetes label values and DNS-1123 labels are at most 63 cha
 PORT_NAME = "http"
 SERVICE_PORT = 80
 ANNOTATION_PREFIX = "nbship"
+VALIDATOR = "kubernetes_validate"
+INSTALL_VALIDATOR = "pip install 'nbship[k8s]'"
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _DNS_BAD = re.compile(r"[^a-z0-9-]+")
@@ -227,11 +233,32 @@ def _describe(doc: object) -> str:
     return f"{doc.get('kind', '<no kind>')}/{name or '<no name>'}"
 
 
+class SchemasUnavailable(RuntimeError):
+    """`kubernetes-validate`, the optional extra with the schemas, is not installed."""
+
+
+def schemas() -> ModuleType:
+    """kubernetes-validate's `utils`, imported only when manifests are checked."""
+    try:
+        from kubernetes_validate import utils
+    except ModuleNotFoundError as exc:
+        # Only its own absence means "not installed"; a broken install shows as it is.
+        if exc.name != VALIDATOR:
+            raise
+        raise SchemasUnavailable(
+            "not validated against the Kubernetes schemas: kubernetes-validate is not "
+            f"installed ({INSTALL_VALIDATOR})"
+        ) from None
+    return utils
+
+
 def validate(docs: list[dict], kubernetes_version: str = KUBERNETES_VERSION) -> None:
     """Check every document against the Kubernetes schemas, rejecting unknown fields.
 
-    Raises ValueError listing each invalid document (kind/name) with its error.
+    Raises ValueError listing each invalid document (kind/name) with its error, and
+    SchemasUnavailable when kubernetes-validate is not installed.
     """
+    kv = schemas()
     errors = []
     for doc in docs:
         where = _describe(doc)
@@ -253,11 +280,22 @@ def validate(docs: list[dict], kubernetes_version: str = KUBERNETES_VERSION) -> 
         )
 
 
-def write(settings: DeploymentSettings, path: str | Path) -> Path:
-    """Validate the manifests for `settings`, then write them to `path` as YAML."""
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    not_validated: str | None = None  # why the schemas did not check them; None: they did
+
+
+def write(settings: DeploymentSettings, path: str | Path) -> Written:
+    """Validate the manifests for `settings` when the schemas are installed (invalid ones
+    raise ValueError and are not written), then write them to `path` as YAML."""
     docs = manifests(settings)
-    validate(docs)
+    try:
+        validate(docs)
+        not_validated = None
+    except SchemasUnavailable as exc:
+        not_validated = str(exc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_yaml(docs))
-    return path
+    return Written(path, not_validated)

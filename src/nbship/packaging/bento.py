@@ -2,7 +2,8 @@
 
 1. the model goes into the BentoML model store with its metadata;
 2. a build folder is staged with only what serving needs (the serving modules, the
-   expectations suite, `serving.json`, requirements exported from uv.lock);
+   expectations suite, `serving.json`, exact pins of what serving and the model import,
+   from the project's uv.lock or its environment: `packaging.requirements`);
 3. `bentoml build` runs in a subprocess from that folder, so the staged serving code
    is what gets imported and packaged, not this installed package;
 4. the bento is exported as a folder and published under `bentos/` by swapping a
@@ -30,11 +31,18 @@ import yaml
 from nbship.common.artifacts import read_model
 from nbship.config import PredictionLogSettings, validate_section
 from nbship.packaging.dependencies import PackagingError, find_dependencies, stage_project_code
+from nbship.packaging.requirements import ServingRequirements, serving_requirements
 from nbship.pipeline.training import Features
 from nbship.project import log_settings, model_store_url
 from nbship.project import registry_url as project_registry_url
 
-__all__ = ["PackagingError", "package_winner", "publish"]
+__all__ = [
+    "PackagingError",
+    "ServingRequirements",
+    "package_winner",
+    "publish",
+    "serving_requirements",
+]
 
 # What of this package a bento ships: its top-level (core) modules and these stages,
 # each whole; a test imports the service from a staged folder to show nothing is missing.
@@ -93,32 +101,6 @@ def git_commit(project_dir: str | Path) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{head}-dirty" if dirty else head
-
-
-def serving_requirements(project_dir: str | Path) -> str:
-    """Exact pins of the `serve` dependency group, exported from the committed uv.lock."""
-    uv = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    if uv is None:
-        raise PackagingError("uv is not installed: it exports the bento's pins from uv.lock")
-    result = subprocess.run(
-        [
-            uv,
-            "export",
-            "--frozen",
-            "--only-group",
-            "serve",
-            "--no-hashes",
-            "--no-emit-project",
-            "--no-header",
-            "--no-annotate",
-        ],
-        cwd=project_dir,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise PackagingError(f"uv export failed in {project_dir}:\n{result.stderr}")
-    return result.stdout
 
 
 def model_signatures(classification: bool) -> dict[str, dict[str, bool]]:
@@ -350,12 +332,10 @@ def package_winner(
     kind = tasks.get(task) if task not in (None, "", "auto") else tasks.of_model(model)
     feature_set = Features.from_params(features)
     columns = feature_set.columns
-    requirements = serving_requirements(project_dir)
-    code = find_dependencies(
-        model, project_dir=project, requirements=requirements,
-        nbship_modules=served_module_names(),
-    )  # fmt: skip
+    code = find_dependencies(model, project_dir=project, nbship_modules=served_module_names())
     print(code.summary())
+    pins = serving_requirements(project, code.distributions)
+    print(pins.describe())
     # the compiled plan ships only when it matches scikit-learn on the held-out rows
     golden = pd.read_parquet(golden_path)
     test = pd.read_parquet(test_path) if test_path else None
@@ -440,9 +420,9 @@ def package_winner(
             staging,
             suite_path=suite_path,
             config=config,
-            requirements=requirements,
+            requirements=pins.text,
             model_tag=model_tag,
-            labels={**labels, "model_tag": model_tag.replace(":", "-")},
+            labels={**labels, "model_tag": model_tag.replace(":", "-"), "pins": pins.route},
             project_files=code.project_files,
         )
         bento_tag = build_bento(staging)
@@ -500,6 +480,8 @@ def package_winner(
         "compiled": compiled["compiled"],
         "parity": parity,
         "project_code": sorted(code.project_files),
+        # where the bento's pins came from: serve-group | lock | environment
+        "requirements": pins.route,
         "promoted": verdict.promoted,
         "previous_champion": verdict.previous_champion,
         "gates": {g["gate"]: g["passed"] for g in verdict.gates},

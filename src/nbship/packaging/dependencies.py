@@ -12,9 +12,9 @@ the list; each module then falls in one of these:
 - a module of the project (a file under the project folder, e.g. `src/<pkg>/features.py`,
   or a top-level package the project holds): its whole top-level package is copied into
   the bento's build context, so it imports at serving time;
-- anything else is a third-party package whose distribution must be in the bento's
-  requirements (the `serve` dependency group exported from uv.lock); refused otherwise,
-  naming the package and the group to add it to.
+- anything else is a third-party package: its distribution becomes one of the roots of
+  the bento's requirements (`packaging.requirements`), which refuses one it cannot pin,
+  naming the package (and the `uv add --group serve ...` for a project with that group).
 
 Packaging fails here, with every problem listed, rather than a server failing at start.
 """
@@ -78,6 +78,11 @@ class CodeDependencies:
     third_party: dict[str, list[str]] = field(default_factory=dict)  # import name -> dists
 
     @property
+    def distributions(self) -> list[str]:
+        """The third-party distributions the model needs, sorted: roots of its pins."""
+        return sorted({dist for dists in self.third_party.values() for dist in dists})
+
+    @property
     def include(self) -> list[str]:
         """bentofile `include` patterns of the project's code."""
         return sorted(self.project_files)
@@ -136,23 +141,40 @@ def _package_files(source: Path) -> dict[str, Path]:
     }
 
 
+def _owners(module: str, file: Path | None, candidates: Iterable[str]) -> list[str]:
+    """The distributions that hold `module`: the one whose files include its file when
+    several share its top-level name (a namespace package), else all of them."""
+    dists = sorted(dict.fromkeys(candidates))
+    if len(dists) <= 1 or file is None:
+        return dists
+    for name in dists:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if any(Path(str(dist.locate_file(f))).resolve() == file for f in dist.files or []):
+            return [name]
+    return dists
+
+
 def find_dependencies(
     model: Any,
     *,
     project_dir: str | Path,
-    requirements: str,
+    requirements: str | None = None,
     nbship_modules: Collection[str] = (),
 ) -> CodeDependencies:
     """Checks every module the fitted `model` refers to (see the module doc); returns what
     ships, or raises PackagingError listing each problem.
 
-    `requirements` is the bento's requirements.txt; `nbship_modules`, when given, the
+    `requirements`, when given, is a requirements.txt every third-party distribution must
+    be in (packaging checks its own pins instead); `nbship_modules`, when given, the
     dotted names of the nbship modules a bento ships (a model referring to another one is
     refused)."""
     project = Path(project_dir).resolve()
     found = referenced_globals(model)
     modules = sorted({module for module, _ in found})
-    pinned = requirement_names(requirements)
+    pinned = None if requirements is None else requirement_names(requirements)
     environment = _environment_dirs()
     distributions = importlib.metadata.packages_distributions()
     from_main = pickled.notebook_code(found)
@@ -173,7 +195,7 @@ def find_dependencies(
                     " modules): use a class of the project's own modules instead"
                 )
             continue
-        if top in project_packages or top in third_party:
+        if top in project_packages or (top in third_party and len(distributions[top]) == 1):
             continue
         file = _module_file(module)
         source = None if top in RESERVED_TOP_LEVEL else _project_source(top, project)
@@ -190,24 +212,23 @@ def find_dependencies(
             project_packages.append(top)
             project_files.update(_package_files(source))
             continue
-        dists = sorted(dict.fromkeys(distributions.get(top, [])))
+        dists = _owners(module, file, distributions.get(top, []))
         if not dists:
             where = f" (imported from {file})" if file else " (not importable here)"
             problems.append(
                 f"the model uses module {module}{where}, which is neither a file of the project"
                 f" at {project} nor part of an installed distribution: move it into the"
-                " project's package (src/<project>/) or install it as a package and add that"
-                " to the `serve` dependency group"
+                " project's package (src/<project>/) or install it as a package from an index"
             )
             continue
-        if not {canonical(d) for d in dists} & pinned:
+        if pinned is not None and not {canonical(d) for d in dists} & pinned:
             problems.append(
                 f"the model uses the package {top!r} (distribution {' / '.join(dists)}), which"
                 " is not in the bento's requirements: add it to the `serve` dependency group"
                 f" (uv add --group serve {dists[0]}) so that uv.lock pins it"
             )
             continue
-        third_party[top] = dists
+        third_party[top] = sorted({*third_party.get(top, []), *dists})
     if problems:
         raise PackagingError(
             "the model cannot be served as it is:\n" + "\n".join(f"- {p}" for p in problems)

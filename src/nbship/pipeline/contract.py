@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 if TYPE_CHECKING:
     import pandas as pd
 
-Kind = Literal["number", "integer", "category", "string"]
+Kind = Literal["number", "integer", "category", "boolean", "string"]
 NUMBER_TYPES = {"float", "float64", "float32", "double"}
 INTEGER_TYPES = {"int", "int64", "int32", "Int64", "Int32"}
 
@@ -51,7 +51,10 @@ class FieldSpec:
         if self.kind == "category":
             text = "one of " + ", ".join(self.categories)
         else:
-            text = {"number": "a number", "integer": "an integer", "string": "a string"}[self.kind]
+            text = {
+                "number": "a number", "integer": "an integer", "boolean": "true or false",
+                "string": "a string",
+            }[self.kind]  # fmt: skip
             if self.minimum is not None and self.maximum is not None:
                 text += f" between {self.minimum:g} and {self.maximum:g}"
             elif self.minimum is not None:
@@ -99,7 +102,9 @@ def _field_spec(name: str, rules: dict[str, dict[str, Any]]) -> FieldSpec:
     in_set = rules.get("expect_column_values_to_be_in_set", {}).get("value_set")
     not_null = rules.get("expect_column_values_to_not_be_null")
     kind: Kind
-    if in_set is not None:
+    if in_set is not None and in_set and all(isinstance(v, bool) for v in in_set):
+        kind = "boolean"  # a JSON true/false, not the texts "True"/"False"
+    elif in_set is not None:
         kind = "category"
     elif declared in NUMBER_TYPES:
         kind = "number"
@@ -112,7 +117,7 @@ def _field_spec(name: str, rules: dict[str, dict[str, Any]]) -> FieldSpec:
         kind=kind,
         minimum=between.get("min_value"),
         maximum=between.get("max_value"),
-        categories=tuple(str(v) for v in in_set or ()),
+        categories=() if kind == "boolean" else tuple(str(v) for v in in_set or ()),
         # a column the suite lets be partly null may be null in a request too
         nullable=not_null is None or float(not_null.get("mostly", 1.0)) < 1.0,
     )
@@ -130,6 +135,8 @@ def _annotation(spec: FieldSpec) -> Any:
         ]
     elif spec.kind == "integer":
         base = Annotated[int, Field(strict=True, ge=spec.minimum, le=spec.maximum)]
+    elif spec.kind == "boolean":
+        base = Annotated[bool, Field(strict=True)]
     else:
         base = Annotated[str, Field(strict=True)]
     return base | None if spec.nullable else base

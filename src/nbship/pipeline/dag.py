@@ -112,10 +112,27 @@ def load_dag(project_dir: Path) -> Any:
 
 def placeholder_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     """The defaults of the settings env.yaml leaves out, for pipeline.yaml's {{placeholders}}
-    (Ploomber knows only what env.yaml holds): one schema, `nbship.config`, says them."""
-    defaults = {}
-    for name, spec in ProjectConfig.model_fields.items():
-        if name in raw or spec.is_required():
+    (Ploomber knows only what env.yaml holds): one schema, `nbship.config`, says them. A
+    section env.yaml has but without some of its keys (`data:` without `drop`) gets those."""
+    return _defaults(ProjectConfig, raw)
+
+
+def _defaults(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for name, spec in model.model_fields.items():
+        section = spec.annotation
+        if name in raw:
+            sub = raw[name]
+            if (
+                isinstance(section, type)
+                and issubclass(section, BaseModel)
+                and isinstance(sub, dict)
+            ):
+                defaults.update(
+                    {name: {**sub, **inner}} if (inner := _defaults(section, sub)) else {}
+                )
+            continue
+        if spec.is_required():
             continue
         value = spec.get_default(call_default_factory=True)
         if isinstance(value, BaseModel):

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,16 @@ from nbship.tasks import CLASSIFICATION, Task
 SOURCE_FORMS = "a .csv/.parquet path or a `module:function` returning a table"
 
 
-def load_source(source: str, sample_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
+def load_source(
+    source: str, sample_rows: int | None = None, seed: int = 0, drop: Sequence[str] = ()
+) -> pd.DataFrame:
     """The raw table of a source, optionally a reproducible row sample.
 
     A source is a .csv or .parquet file, or `module:function`: a function of an installed
     package that returns the table (e.g. `mypackage.data:load` or
     `sklearn.datasets:load_diabetes`; a scikit-learn Bunch gives its `frame`), so data a
-    package ships needs no download at run time.
+    package ships needs no download at run time. `drop` names columns to leave out (ids,
+    leaks of the target): nothing downstream sees them.
     """
     if Path(source).suffix in (".csv", ".parquet"):
         path = Path(source)
@@ -33,6 +37,10 @@ def load_source(source: str, sample_rows: int | None = None, seed: int = 0) -> p
         df = _call_source(source)
     else:
         raise ValueError(f"unknown data source {source!r}: use {SOURCE_FORMS}")
+    missing = [c for c in drop if c not in df.columns]
+    if missing:
+        raise ValueError(f"data.drop names columns the data does not have: {missing}")
+    df = df.drop(columns=list(drop))
     if sample_rows is not None and sample_rows < len(df):
         df = df.sample(n=sample_rows, random_state=seed).sort_index()
     return df.reset_index(drop=True)

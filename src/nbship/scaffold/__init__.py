@@ -1,0 +1,1 @@
+"""Starting a project (`nbship init`) and bringing a notebook into one (`nbship adopt`)."""

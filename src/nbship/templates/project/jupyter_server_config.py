@@ -1,0 +1,19 @@
+# Project Jupyter settings. Start JupyterLab from the project root with
+#     nbship lab    (= jupyter lab --config=jupyter_server_config.py)
+# Plain `jupyter lab` does not read this file: jupyter_core >= 4.11.2 no longer reads
+# config from the current directory (CVE-2022-39286), so it must be named with --config.
+c = get_config()  # noqa: F821
+
+# Ploomber 0.23.3's server extension (enabled in .venv/etc/jupyter) swaps in its own
+# contents manager, which breaks JupyterLab 4.6 + jupytext 1.19: every /api/contents
+# call answers 500 ("'coroutine' object is not subscriptable"). Without it, jupytext's
+# own extension opens the notebooks/*.py tasks as notebooks and saves them back as
+# percent-format .py, and no injected-parameters cell ever reaches the files.
+c.ServerApp.jpserver_extensions = {"ploomber": False}
+
+# Local use only: do not listen on other interfaces.
+c.ServerApp.ip = "127.0.0.1"
+
+# No outbound calls: JupyterLab's update check and news feed fetch from the internet.
+c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
+c.LabApp.news_url = None
