@@ -42,3 +42,24 @@ def test_failure_cause_is_the_task_error_not_ploombers_stack():
         "- expect_column_values_to_be_in_set on island: 1 unexpected value(s)"
     )
     assert pipeline.failure_cause("ploomber.exceptions.DAGBuildError: boom") is None
+
+
+def test_placeholders_are_read_from_the_pipeline_text():
+    text = 'params:\n  a: "{{data.drop}}"\n  b: "{{ gates }}"\n  c: "[[candidate]]"\n'
+    assert pipeline.placeholders(text) == {"data.drop", "gates"}
+
+
+def test_a_section_gets_only_the_keys_the_pipeline_names():
+    raw = {"data": {"source": "x.csv"}, "gates": {"metric_tolerance": 0.02}}
+    defaults = pipeline.placeholder_defaults(raw, {"data.drop", "gates"})
+    # data.drop is named: filled; gates is passed whole: left as env.yaml wrote it, so
+    # plain `ploomber build` renders the same parameter
+    assert defaults["data"] == {"source": "x.csv", "drop": []}
+    assert "gates" not in defaults
+
+
+def test_a_missing_section_gets_json_safe_defaults():
+    defaults = pipeline.placeholder_defaults({"data": {"source": "x.csv"}}, {"gates"})
+    # a tuple default would reach the notebook as the string '()'
+    assert defaults["gates"]["invariance"] == []
+    assert "data" not in defaults

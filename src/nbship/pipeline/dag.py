@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from nbship.config import DEFAULT_BENTOS, DEFAULT_ROOT, ENV_FILE, ProjectConfig, read_raw
 from nbship.project import PIPELINE_FILE, STATE_DIR
@@ -103,43 +105,56 @@ def load_dag(project_dir: Path) -> Any:
     the settings that a pipeline.yaml may name and env.yaml may leave out."""
     from ploomber.spec import DAGSpec
 
-    defaults = placeholder_defaults(read_raw(project_dir))
+    pipeline_text = (project_dir / PIPELINE_FILE).read_text()
+    defaults = placeholder_defaults(read_raw(project_dir), placeholders(pipeline_text))
     with _in(project_dir), warnings.catch_warnings():
         # env.yaml also holds nbship's own settings (container, kubernetes) that no task uses
         warnings.filterwarnings("ignore", message=".*declared in the environment but unused")
         return DAGSpec(str(project_dir / PIPELINE_FILE), env=defaults or None).to_dag()
 
 
-def placeholder_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """The defaults of the settings env.yaml leaves out, for pipeline.yaml's {{placeholders}}
-    (Ploomber knows only what env.yaml holds): one schema, `nbship.config`, says them. A
-    section env.yaml has but without some of its keys (`data:` without `drop`) gets those."""
-    return _defaults(ProjectConfig, raw)
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 
 
-def _defaults(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+def placeholders(pipeline_text: str) -> set[str]:
+    """The `{{name}}` and `{{section.key}}` placeholders a pipeline.yaml names."""
+    return set(_PLACEHOLDER.findall(pipeline_text))
+
+
+def placeholder_defaults(raw: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The defaults, from the one schema (`nbship.config`), of the settings env.yaml leaves
+    out, for pipeline.yaml's placeholders (Ploomber knows only what env.yaml holds).
+
+    A whole section env.yaml lacks gets its defaults; a section it has gets only the keys
+    pipeline.yaml names by `{{section.key}}` (`data:` without `drop`). A section passed
+    whole (`{{gates}}`) is left as env.yaml wrote it, so that a plain `ploomber build`
+    renders the same parameters and agrees on what is up to date. Values are JSON-safe:
+    Ploomber renders a tuple as the string '()'.
+    """
     defaults: dict[str, Any] = {}
-    for name, spec in model.model_fields.items():
-        section = spec.annotation
+    for name, spec in ProjectConfig.model_fields.items():
         if name in raw:
+            section = spec.annotation
             sub = raw[name]
-            if (
-                isinstance(section, type)
-                and issubclass(section, BaseModel)
-                and isinstance(sub, dict)
-            ):
-                defaults.update(
-                    {name: {**sub, **inner}} if (inner := _defaults(section, sub)) else {}
-                )
+            if not (isinstance(section, type) and issubclass(section, BaseModel)):
+                continue
+            if not isinstance(sub, dict):
+                continue
+            missing = {
+                key: _default(field)
+                for key, field in section.model_fields.items()
+                if f"{name}.{key}" in names and key not in sub and not field.is_required()
+            }
+            if missing:
+                defaults[name] = {**sub, **missing}
             continue
-        if spec.is_required():
-            continue
-        value = spec.get_default(call_default_factory=True)
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
-        if value is not None:
+        if not spec.is_required() and (value := _default(spec)) is not None:
             defaults[name] = value
     return defaults
+
+
+def _default(field: FieldInfo) -> Any:
+    return to_jsonable_python(field.get_default(call_default_factory=True))
 
 
 class BuildBusy(RuntimeError):
