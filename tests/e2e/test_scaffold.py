@@ -35,13 +35,56 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
     return done
 
 
-def test_init_builds_serves_and_passes_its_own_tests(tmp_path: Path):
-    """From an environment where nbship is installed: init, build, serve, the project's
-    tests: no other step."""
-    bin_dir = Path(sys.executable).parent
-    census_table(400).to_csv(tmp_path / "census.csv", index=False)
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "PYTHONPATH": ""}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    # nothing of this checkout's environment: not its venv, not its source on sys.path
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"VIRTUAL_ENV", "PYTHONPATH", "UV_PROJECT_ENVIRONMENT"}}  # fmt: skip
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def installed_nbship(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nbship as a user gets it: the wheel built from this checkout, installed with its
+    runtime dependencies only (at uv.lock's versions, which the cache holds) into a fresh
+    environment outside the repo, plus pytest for the new project's own tests. Returns
+    that environment's bin folder."""
+    work = tmp_path_factory.mktemp("installed")
+    uv = str(Path(sys.executable).with_name("uv"))
+    env = _clean_env()
+    _run([uv, "build", "--wheel", "--out-dir", str(work / "dist"), str(ROOT)], work, env)
+    _run([uv, "export", "--locked", "--no-hashes", "--no-emit-project", "--all-groups",
+          "--format", "requirements-txt", "-o", str(work / "constraints.txt")],
+         ROOT, env)  # fmt: skip
+    _run([uv, "venv", "--quiet", "--python", sys.executable, str(work / "venv")], work, env)
+    (wheel,) = (work / "dist").glob("nbship-*.whl")
+    python = work / "venv" / "bin" / "python"
+    _run([uv, "pip", "install", "--quiet", "--python", str(python), str(wheel), "pytest",
+          "-c", str(work / "constraints.txt")], work, env)  # fmt: skip
+    return python.parent
+
+
+def test_the_installed_wheel_is_nbship_alone(installed_nbship: Path):
+    """What the wheel brings: the nbship command, and none of the dev or example tools."""
+    python = str(installed_nbship / "python")
+    where = _run([python, "-c", "import nbship; print(nbship.__file__)"], installed_nbship.parent,
+                 _clean_env())  # fmt: skip
+    assert str(installed_nbship.parent) in where.stdout, where.stdout
+    for absent in ("palmerpenguins", "selenium", "kubernetes_validate", "ruff"):
+        probe = subprocess.run([python, "-c", f"import {absent}"], capture_output=True,
+                               env=_clean_env(), cwd=installed_nbship.parent)  # fmt: skip
+        assert probe.returncode != 0, f"{absent} is installed with nbship"
+
+
+def test_init_builds_serves_and_passes_its_own_tests(tmp_path: Path, installed_nbship: Path):
+    """From an environment where nbship is installed from its wheel: init, build, serve,
+    the project's tests: no other step."""
+    bin_dir = installed_nbship
+    env = _clean_env(BENTOML_HOME=str(tmp_path / "bentoml"), VIRTUAL_ENV=str(bin_dir.parent))
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    census_table(400).to_csv(tmp_path / "census.csv", index=False)
     nbship = bin_dir / "nbship"
     _run([str(nbship), "init", "income", "--data", "census.csv", "--target", "class",
           "--drop", "person_id"], tmp_path, env)  # fmt: skip
