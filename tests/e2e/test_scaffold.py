@@ -84,7 +84,9 @@ def test_init_builds_serves_and_passes_its_own_tests(tmp_path: Path, installed_n
     bin_dir = installed_nbship
     env = _clean_env(BENTOML_HOME=str(tmp_path / "bentoml"), VIRTUAL_ENV=str(bin_dir.parent))
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    census_table(400).to_csv(tmp_path / "census.csv", index=False)
+    table = census_table(400)
+    table["union"] = table["age"] % 3 == 0  # a boolean column: a strict bool in the contract
+    table.to_csv(tmp_path / "census.csv", index=False)
     nbship = bin_dir / "nbship"
     _run([str(nbship), "init", "income", "--data", "census.csv", "--target", "class",
           "--drop", "person_id"], tmp_path, env)  # fmt: skip
@@ -93,13 +95,16 @@ def test_init_builds_serves_and_passes_its_own_tests(tmp_path: Path, installed_n
     assert "package" in built.stdout
     proc, url = _serve(nbship, project, env, tmp_path / "serve.log")
     try:
-        row = {"age": 52, "hours_per_week": 60.0, "education": "Doctorate", "workclass": None}
+        row = {"age": 52, "hours_per_week": 60.0, "education": "Doctorate", "workclass": None,
+               "union": True}  # fmt: skip
         answer = httpx.post(f"{url}/predict", json=[row, {**row, "age": 19}], timeout=10)
         assert answer.status_code == 200, answer.text
         labels = [p["label"] for p in answer.json()["predictions"]]
         assert set(labels) <= {">50K", "<=50K"} and len(labels) == 2
         bad = httpx.post(f"{url}/predict", json={**row, "education": "Kindergarten"}, timeout=10)
         assert bad.status_code == 400 and "education" in bad.text
+        word = httpx.post(f"{url}/predict", json={**row, "union": "yes"}, timeout=10)
+        assert word.status_code == 400 and "union" in word.text and "boolean" in word.text
     finally:
         stop(proc)
     tests = _run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p",
