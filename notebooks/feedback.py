@@ -15,6 +15,12 @@ target = ""
 task = "auto"
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 from pathlib import Path
 
 import pandas as pd

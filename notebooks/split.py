@@ -15,6 +15,12 @@ golden_size = 60
 seed = 42
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 import pandas as pd
 
 from nbship import tasks

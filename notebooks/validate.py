@@ -9,6 +9,12 @@ product = None
 suite = ""
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 import pandas as pd
 
 from nbship.common.artifacts import write_json

@@ -32,6 +32,7 @@ class Lab:
     url: str
     folder: Path
     log: Path
+    launcher: str
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"token {TOKEN}"}
@@ -66,6 +67,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     shutil.copytree(PROJECT / "notebooks", folder / "notebooks")
     for name in (CONFIG, "pipeline.yaml", "env.yaml"):
         shutil.copy2(PROJECT / name, folder / name)
+    shutil.copytree(PROJECT / ".jupyter", folder / ".jupyter")
     home = tmp_path_factory.mktemp("jupyter-home")
     port = free_port()
     # No --ip: the project's config must bind 127.0.0.1 on its own.
@@ -73,7 +75,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         *LAUNCHERS[request.param],
         "--no-browser", f"--port={port}", f"--IdentityProvider.token={TOKEN}",
     ]  # fmt: skip
-    if os.geteuid() == 0:  # containers
+    if os.geteuid() == 0 and request.param != "nbship-lab":  # `nbship lab` passes it itself
         cmd.append("--allow-root")
     log = home / "jupyterlab.log"
     env = {
@@ -85,7 +87,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     proc = start(cmd, log, env=env, cwd=folder)
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", proc, timeout=90)
-        yield Lab(url=f"http://127.0.0.1:{port}", folder=folder, log=log)
+        yield Lab(url=f"http://127.0.0.1:{port}", folder=folder, log=log, launcher=request.param)
     finally:
         stop(proc)
     output = log.read_text()
@@ -97,6 +99,31 @@ def test_config_applies(lab: Lab):
     assert re.search(r"running at:\s*\n.*http://127\.0\.0\.1:\d+/lab", output), output[-3000:]
     assert "PloomberContentsManager" not in output
     assert "ploomber | extension was successfully loaded" not in output
+
+
+def test_running_as_root_is_allowed_and_said(lab: Lab):
+    # the fixture passes --allow-root to plain `jupyter lab` only; `nbship lab` must
+    # start as root on its own and say why
+    if os.geteuid() != 0 or lab.launcher != "nbship-lab":
+        pytest.skip("not root, or not `nbship lab`")
+    assert "passing --allow-root" in lab.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("plugin", "key", "value"),
+    [
+        # a double-click opens a task as a notebook, not in the text editor
+        ("@jupyterlab/docmanager-extension:plugin", "defaultViewers",
+         {"python": "Jupytext Notebook"}),
+        # no "get notified about official Jupyter news?" prompt, no fetch
+        ("@jupyterlab/apputils-extension:notification", "fetchNews", "false"),
+    ],
+)  # fmt: skip
+def test_project_lab_settings_apply(lab: Lab, plugin: str, key: str, value: object):
+    response = lab.api("GET", f"/lab/api/settings/{plugin}")
+    assert response.status_code == 200, response.text[:500]
+    # the project's overrides are the defaults the user's own settings start from
+    assert response.json()["schema"]["properties"][key]["default"] == value
 
 
 def test_lab_page(lab: Lab):

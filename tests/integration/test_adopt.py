@@ -53,7 +53,8 @@ def test_adopt_keeps_the_users_cells_and_shows_each_change(tmp_path: Path, fmt: 
     adopted = jupytext.read(dest / "notebooks" / "train.py")
     code_cells = [c.source for c in adopted.cells if c.cell_type == "code"]
     assert code_cells[0].startswith('upstream = ["split"]')  # the parameters cell
-    changed = [i for i, (a, b) in enumerate(zip(original, code_cells[1:-1], strict=True)) if a != b]
+    assert code_cells[1].endswith("as_in_build(globals())")  # Run All by hand works
+    changed = [i for i, (a, b) in enumerate(zip(original, code_cells[2:-1], strict=True)) if a != b]
     assert changed == [1]  # only the cell that read the CSV
     assert "save_candidate(\n    model," in code_cells[-1]
 

@@ -3,6 +3,7 @@ template's copies of the example's tasks, and what adopt reads in a notebook."""
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -191,3 +192,10 @@ def test_env_template_comments_survive_rendering(tmp_path: Path, census_csv: Pat
     assert "# The data contract" in text
     assert yaml.safe_load(text)["hyperparams"]["linear"] == {"C": 1.0, "max_iter": 1000}
     assert json.loads((tmp_path / "p" / "expectations" / "p.json").read_text())["expectations"]
+
+
+def test_a_new_project_gets_the_examples_jupyterlab_defaults() -> None:
+    # a double-click opens a task as a notebook; no news prompt (tests/e2e/test_jupyterlab.py)
+    files = project_files(collections.defaultdict(lambda: "x"))  # any placeholder value
+    overrides = ".jupyter/lab/settings/overrides.json"
+    assert files[overrides] == (PROJECT / overrides).read_bytes()

@@ -97,8 +97,15 @@ def lab(ctx: click.Context, project: Path) -> None:
     """
     config = project.resolve() / "jupyter_server_config.py"
     jupyter = Path(sys.executable).with_name("jupyter")
+    args = list(ctx.args)
+    if os.geteuid() == 0 and "--allow-root" not in args:
+        # Jupyter refuses to start as root (usual in a container) with no hint; the
+        # project's config binds 127.0.0.1 only and keeps the token, so allow it and say so
+        click.echo("Running as root (a container?): passing --allow-root to JupyterLab, "
+                   "which listens on 127.0.0.1 only.", err=True)  # fmt: skip
+        args.append("--allow-root")
     os.chdir(project)
-    os.execv(jupyter, [str(jupyter), "lab", f"--config={config}", *ctx.args])
+    os.execv(jupyter, [str(jupyter), "lab", f"--config={config}", *args])
 
 
 @main.command()

@@ -295,6 +295,33 @@ def plot(project_dir: str | Path = ".", output: str | Path | None = None) -> Pat
     return out
 
 
+def task_graph(project_dir: str | Path = ".") -> list[tuple[str, list[str]]]:
+    """Each task's name and the names of the tasks it needs, in an order that respects
+    them (Ploomber's: a DAG iterates in topological order)."""
+    project_dir = Path(project_dir).resolve()
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        dag.render(force=True, show_progress=False)  # upstreams are known once rendered
+        return [(name, sorted(dag[name].upstream)) for name in dag]
+
+
+def build_task(project_dir: str | Path, name: str) -> None:
+    """Runs the one task `name`, its upstream products being already there (a step of an
+    exported workflow, each in a process of its own); it always runs. KeyError naming the
+    tasks when there is no such task."""
+    project_dir = Path(project_dir).resolve()
+    from ploomber.executors import Serial
+
+    with build_lock(project_dir), _in(project_dir):
+        dag = load_dag(project_dir)
+        if name not in dag:
+            raise KeyError(f"no task {name!r} in {PIPELINE_FILE} (tasks: {', '.join(dag)})")
+        dag.executor = Serial(build_in_subprocess=False)
+        dag.build_partially(name, force=True, show_progress=False, skip_upstream=True)
+    # a later `nbship build` must not take the stamp of the last full build as current
+    _stamp_path(project_dir).unlink(missing_ok=True)
+
+
 def export_scripts(project_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Each task's notebook with its parameters injected, as a plain Python script, in
     an order that respects dependencies: the same code, without Ploomber."""
@@ -314,3 +341,38 @@ def export_scripts(project_dir: str | Path, out_dir: str | Path) -> list[Path]:
             script.write_text(jupytext.writes(nb, fmt="py:percent"))
             scripts.append(script)
     return scripts
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """What a build passes one task: its parameters, its products and its upstream
+    tasks' products (paths as strings, as the injected cell has them)."""
+
+    name: str
+    params: dict[str, Any]
+    product: dict[str, str]
+    upstream: dict[str, dict[str, str]]
+
+
+def task_calls(project_dir: str | Path, source: str | Path) -> list[TaskCall]:
+    """What a build would pass each task whose notebook is `source` (a grid gives one per
+    grid point), in pipeline order; [] when no task runs that file."""
+    project_dir = Path(project_dir).resolve()
+    source = Path(source).resolve()
+    with _in(project_dir):
+        dag = load_dag(project_dir)
+        calls = []
+        for name in dag:
+            task = dag[name]
+            if Path(str(task.source.loc)).resolve() != source:
+                continue
+            params = {k: v for k, v in task.params.to_dict().items()
+                      if k not in ("product", "upstream")}  # fmt: skip
+            upstream = {up: _paths(dag[up].product) for up in task.upstream}
+            calls.append(TaskCall(name, params, _paths(task.product), upstream))
+        return calls
+
+
+def _paths(product: Any) -> dict[str, str]:
+    serialised = product.to_json_serializable()
+    return serialised if isinstance(serialised, dict) else {"product": serialised}

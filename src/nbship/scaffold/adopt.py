@@ -61,6 +61,13 @@ EXPORT = (
     '    name="{name}",\n'
     ")"
 )
+# a hand run (JupyterLab's Run All) gets what a build passes; in a build it does nothing
+HAND_RUN = (
+    "# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.\n"
+    "from nbship.pipeline.hand_run import as_in_build\n"
+    "\n"
+    "as_in_build(globals())"
+)
 RUN_TIMEOUT_S = 900
 
 
@@ -302,6 +309,7 @@ def adopt_notebook(
     )
     first = 1 if adopted.cells and adopted.cells[0].cell_type == "markdown" else 0
     adopted.cells.insert(first, parameters)
+    adopted.cells.insert(first + 1, new_code_cell(HAND_RUN))
     adopted.cells.append(
         new_markdown_cell(
             "The hand-off (added by `nbship adopt`): the fitted model goes to the pipeline,\n"

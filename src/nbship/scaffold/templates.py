@@ -18,7 +18,11 @@ from pathlib import PurePosixPath
 # files whose `$name` placeholders are filled; every other file is copied byte for byte
 RENDERED = frozenset({"env.yaml", "pyproject.toml.in", "README.md", "bentos/README.md"})
 # stored under other names, so that git and the linters do not take them as this repo's
-RENAMED = {"gitignore": ".gitignore", "pyproject.toml.in": "pyproject.toml"}
+RENAMED = {
+    "gitignore": ".gitignore",
+    "pyproject.toml.in": "pyproject.toml",
+    "jupyterlab-overrides.json": ".jupyter/lab/settings/overrides.json",
+}
 
 
 def _root() -> Traversable:

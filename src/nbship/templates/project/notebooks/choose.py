@@ -8,6 +8,12 @@ product = None
 metric = "auto"
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 from nbship import tasks
 from nbship.common.artifacts import read_json, write_json
 from nbship.pipeline import training

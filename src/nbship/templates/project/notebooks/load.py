@@ -12,6 +12,12 @@ sample_rows = None
 seed = 42
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 from nbship.common.artifacts import write_frame
 from nbship.pipeline import data
 

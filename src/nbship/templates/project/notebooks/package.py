@@ -21,6 +21,12 @@ prediction_log = {}
 gates = {}
 
 # %%
+# Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
+from nbship.pipeline.hand_run import as_in_build
+
+as_in_build(globals())
+
+# %%
 from nbship.common.artifacts import read_json, write_json
 from nbship.packaging import bento as package
 
