@@ -13,10 +13,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import psutil
+import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -264,3 +265,41 @@ def write_dag_project(root: Path) -> Path:
     (root / "notebooks" / "a.py").write_text(DAG_NOTEBOOK_A)
     (root / "notebooks" / "b.py").write_text(DAG_NOTEBOOK_B)
     return root
+
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@contextlib.contextmanager
+def headless_chromium(tmp: Path, width: int = 1280, height: int = 1800) -> Iterator[Any]:
+    """Debian's headless chromium driven by selenium (scripts/install-browser.sh puts it
+    there), with its profile in `tmp`; quit on exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium")
+    if chromium is None or not Path(CHROMEDRIVER).is_file():
+        pytest.fail(
+            "Debian's chromium and chromedriver are needed for the browser tests: "
+            "install them as root with `bash scripts/install-browser.sh` (apt-get install "
+            "chromium chromium-driver)",
+            pytrace=False,
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+        f"--window-size={width},{height}", f"--user-data-dir={tmp / 'profile'}",
+        "--no-first-run", "--disable-extensions", "--disable-background-networking",
+        "--disable-sync", "--disable-component-update", "--disable-default-apps",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # an explicit driver path: selenium-manager is never run (it would download one)
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp / "chromedriver.log"))
+    browser = webdriver.Chrome(service=service, options=options)
+    browser.set_page_load_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()

@@ -24,11 +24,10 @@ from nbship.drift import reference_profile
 from nbship.pipeline.data import load_source
 from nbship.prediction_log import LogEntry, PredictionLog, count, url_for_sqlite
 from nbship.registry.versions import Registry
-from tests.support import PROJECT, free_port, start, stop, wait_http
+from tests.support import PROJECT, free_port, headless_chromium, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 NBSHIP = str(Path(sys.executable).with_name("nbship"))
 MODEL = "penguins_classifier"  # env.yaml's bento.name: the model `nbship dashboard` shows
 OLD, NEW = f"{MODEL}:v1oldaaaaaaaaaaa", f"{MODEL}:v2newbbbbbbbbbbb"
@@ -38,18 +37,6 @@ REQUESTS = 360
 HOURS = 3
 CHARTS = {"traffic", "latency", "errors", "drift"}
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def _browser_paths() -> tuple[str, str]:
-    chromium = shutil.which("chromium")
-    if chromium is None or not Path(CHROMEDRIVER).is_file():
-        pytest.fail(
-            "Debian's chromium and chromedriver are needed for the dashboard test: "
-            "install them as root with `bash scripts/install-browser.sh` (apt-get install "
-            "chromium chromium-driver)",
-            pytrace=False,
-        )
-    return chromium, CHROMEDRIVER
 
 
 def _metadata(candidate: str, f1: float, profile: dict) -> dict:
@@ -159,29 +146,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, chromedriver = _browser_paths()
-    tmp = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-        "--window-size=1280,1800", f"--user-data-dir={tmp / 'profile'}", "--no-first-run",
-        "--disable-extensions", "--disable-background-networking", "--disable-sync",
-        "--disable-component-update", "--disable-default-apps",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # an explicit driver path: selenium-manager is never run (it would download one)
-    service = Service(executable_path=chromedriver, log_output=str(tmp / "chromedriver.log"))
-    browser = webdriver.Chrome(service=service, options=options)
-    browser.set_page_load_timeout(30)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium")) as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 def _charts(driver) -> dict[str, tuple[float, float]]:

@@ -115,6 +115,8 @@ def test_running_as_root_is_allowed_and_said(lab: Lab):
         # a double-click opens a task as a notebook, not in the text editor
         ("@jupyterlab/docmanager-extension:plugin", "defaultViewers",
          {"python": "Jupytext Notebook"}),
+        # ... with a kernel, without asking which (a task's file names none)
+        ("@jupyterlab/notebook-extension:tracker", "autoStartDefaultKernel", True),
         # no "get notified about official Jupyter news?" prompt, no fetch
         ("@jupyterlab/apputils-extension:notification", "fetchNews", "false"),
     ],

@@ -22,6 +22,7 @@ c.LabApp.news_url = None
 
 # The project's JupyterLab defaults (.jupyter/lab/settings/overrides.json; a user's own
 # settings still win): a double-click opens notebooks/*.py as a notebook (jupytext's
-# viewer), and no "get notified about official Jupyter news?" prompt, no news or update
-# fetch (news_url above is the server side; the prompt is a frontend setting).
+# viewer) with the Python kernel started (a task's file names no kernel), and no "get
+# notified about official Jupyter news?" prompt, no news or update fetch (news_url above
+# is the server side; the prompt is a frontend setting).
 c.LabApp.app_settings_dir = str(Path(__file__).resolve().parent / ".jupyter/lab/settings")
