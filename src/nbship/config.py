@@ -81,6 +81,9 @@ class SplitSettings(Section):
 class BentoSettings(Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # BentoML's tag rules
     max_batch: PositiveInt = 1000
+    # the largest request body the server reads: a longer one is answered 413 before it
+    # is parsed (NBSHIP_MAX_REQUEST_MB overrides it where the bento is served)
+    max_request_mb: PositiveFloat = 2.0
 
 
 class UrlSettings(Section):
@@ -146,6 +149,26 @@ class KubernetesSettings(Section):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
+class BatchSettings(Section):
+    """`nbship predict` (batch scoring) and the CronJob `nbship k8s` writes for it."""
+
+    # a dask.distributed scheduler (tcp://host:8786) to score on; None: this process
+    dask: str | None = None
+    chunk_rows: PositiveInt = 100_000  # rows held in memory at a time (per partition on Dask)
+    # the CronJob (written by `nbship k8s` when `schedule` is set): a cron schedule and the
+    # input, output and rejects as fsspec URLs the pod can reach (s3://..., gs://...)
+    schedule: str | None = None
+    input: str | None = None
+    output: str | None = None
+    rejects: str | None = None  # default: beside the output, <name>.rejects.<suffix>
+
+    @model_validator(mode="after")
+    def _cronjob_paths(self) -> BatchSettings:
+        if self.schedule is not None and not (self.input and self.output):
+            raise ValueError("a schedule needs `input` and `output` (the URLs it scores)")
+        return self
+
+
 class ProjectConfig(Section):
     """env.yaml."""
 
@@ -174,6 +197,7 @@ class ProjectConfig(Section):
     retrain: RetrainSettings = RetrainSettings()
     container: ContainerSection = ContainerSection()
     kubernetes: KubernetesSettings = KubernetesSettings()
+    batch: BatchSettings = BatchSettings()
     params: dict[str, Any] = {}  # the project's own values for its notebooks
 
     @field_validator("selection_metric")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from nbship.common.artifacts import read_model
-from nbship.config import PredictionLogSettings, validate_section
+from nbship.config import ENV_FILE, BentoSettings, PredictionLogSettings, read_raw, validate_section
 from nbship.packaging.dependencies import PackagingError, find_dependencies, stage_project_code
 from nbship.packaging.requirements import ServingRequirements, serving_requirements
 from nbship.pipeline.training import Features
@@ -275,6 +275,17 @@ def load_model(path: str | Path) -> Any:
         raise explained from exc
 
 
+def max_request_bytes(project: Path) -> int:
+    """env.yaml's `bento.max_request_mb` in bytes, what the server reads of a request at
+    most (the setting's default for a folder without an env.yaml)."""
+    from nbship.serving.request_limits import mb_to_bytes
+
+    if not (project / ENV_FILE).is_file():
+        return mb_to_bytes(BentoSettings.model_fields["max_request_mb"].default)
+    bento = validate_section(BentoSettings, read_raw(project).get("bento"), "bento")
+    return mb_to_bytes(bento.max_request_mb)
+
+
 def package_winner(
     *,
     model_path: str | Path,
@@ -402,6 +413,7 @@ def package_winner(
         "target": target,
         "suite": f"expectations/{suite_path.name}",
         "max_batch": int(max_batch),
+        "max_request_bytes": max_request_bytes(project),
         "metadata": metadata,
         # the server checks its own model against these before unpickling it, and asks
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)

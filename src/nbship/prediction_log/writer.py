@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from nbship.common.sqlite import writer
+from nbship.common.sqlite import database_file, writer
 from nbship.prediction_log.database import (
     _backend,
     _brief,
@@ -124,6 +124,10 @@ class PredictionLog(Spool):
         self._engine: Engine | None = None
         self._inserter: _Inserter | None = None
         self._schema = False
+        # a SQLite file deleted (or replaced) under open connections takes their writes
+        # with it, unseen: its identity is checked after each commit
+        self._file = database_file(url) if _backend(url) == "sqlite" else None
+        self._file_id: tuple[int, int] | None = None
         self._written = 0
         self._replayed = 0
         self._db_errors = 0
@@ -266,14 +270,26 @@ class PredictionLog(Spool):
         self._shutdown()
 
     def _connect(self) -> Engine:
+        if self._engine is not None and self._file is not None and self._file_gone():
+            self._warn("file", "prediction log: %s was deleted or replaced: opening it"
+                       " again, undelivered rows follow", self._file)  # fmt: skip
+            self._engine.dispose()  # (checkpoints into the old file, never the new one)
+            self._engine, self._file_id = None, None
         if self._engine is None:
             engine = _engine(self.url, self._synchronous)
             self._inserter = _Inserter(engine.dialect.name)
             self._engine = engine
+            self._schema = False
         if not self._schema:
             _create_table(self._engine)
             self._schema = True
+            if self._file is not None:
+                self._file_id = _file_id(self._file)
         return self._engine
+
+    def _file_gone(self) -> bool:
+        """The SQLite file is no longer the one the connections have open."""
+        return self._file is not None and _file_id(self._file) != self._file_id
 
     def _deliver(self) -> None:
         """Everything in the spool, batch by batch; raises if the database fails."""
@@ -303,6 +319,8 @@ class PredictionLog(Spool):
         try:
             with writer(self._engine).begin() as conn:
                 self._inserter(conn, rows)
+            if self._file_gone():  # committed to a deleted file: not delivered, again
+                raise FileNotFoundError(f"{self._file} was deleted or replaced")
             self._batches += 1
             return 0
         except Exception as exc:
@@ -338,3 +356,11 @@ class PredictionLog(Spool):
         self._release_spools()
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _file_id(path: os.PathLike[str] | str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -37,10 +37,11 @@ logger = logging.getLogger("bentoml.nbship.log")
 
 
 def _decode(body: bytes) -> Any:
-    """The JSON of a body; text (cut) when it is not JSON, e.g. a malformed request."""
+    """The JSON of a body; text (cut) when it is not JSON, e.g. a malformed request, or
+    when it nests too deeply for the parser (a refused request is still logged)."""
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:2000].decode("utf-8", "replace")
 
 

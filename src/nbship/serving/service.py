@@ -28,7 +28,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import ServiceUnavailable
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -59,6 +58,8 @@ from nbship.registry.versions import CHAMPION, ModelVersion, Registry
 from nbship.serving.batching import MicroBatcher
 from nbship.serving.compiled import CompiledModel, UnsupportedModel, compile_model
 from nbship.serving.live_metrics import LiveMetrics
+from nbship.serving.openapi import OpenAPIDocument, amend
+from nbship.serving.request_limits import MAX_JSON_DEPTH, RequestLimits, max_request_bytes
 from nbship.serving.request_log import RECORD_KEYS, RequestLogMiddleware
 from nbship.tasks import CLASSIFICATION, Task
 from nbship.tasks import recorded as recorded_task
@@ -230,6 +231,9 @@ class Reloader:
         self.config = config
         self.interval = interval
         self.refused: dict[str, str] = {}
+        # the last check's outcome and when, for /info: a registry that cannot be read
+        # shows there, while the current model keeps serving
+        self.last: dict[str, Any] | None = None
         self.lock = threading.Lock()  # one check at a time (timer and admin route)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -244,10 +248,18 @@ class Reloader:
             try:
                 self.check()
             # the thread must outlive any one bad check, or reloads stop for good
-            except Exception:
+            except Exception as exc:
+                why = f"champion check failed ({type(exc).__name__}: {exc})"
+                self.last = {"at": datetime.now(UTC).isoformat(), "changed": False, "reason": why}
                 logger.exception("champion check failed; retrying in %.1f s", self.interval)
 
     def check(self) -> dict[str, Any]:
+        """One check (see the class); its outcome is also kept as `last`."""
+        result = self._check()
+        self.last = {"at": datetime.now(UTC).isoformat(), **result}
+        return result
+
+    def _check(self) -> dict[str, Any]:
         with self.lock:
             current = self.server.current
             champion, why = registry_champion(self.config)
@@ -271,15 +283,16 @@ class Reloader:
             return {"model_tag": new.tag, "changed": True, "previous": current.tag}
 
 
-def open_log(config: dict[str, Any]) -> PredictionLog | None:
+def open_log(config: dict[str, Any]) -> tuple[PredictionLog | None, str]:
     """The prediction log of this process, or None when it is off or cannot start (the
-    service then answers without logging, and says so in its log)."""
+    service then answers without logging: it says so once, at start, in its log and in
+    /info, not per request); and that state, in words."""
     settings = config.get("prediction_log") or {}
     url = os.environ.get(LOG_URL_ENV) or settings.get("url")
     spool = os.environ.get(LOG_SPOOL_ENV) or settings.get("spool")
     if not url or url == "off" or not spool:
         logger.warning("prediction log off (%s=%r)", LOG_URL_ENV, url)
-        return None
+        return None, f"off ({LOG_URL_ENV}={url!r})"
     retention = settings.get("retention_days")
     try:
         log = PredictionLog(
@@ -287,10 +300,11 @@ def open_log(config: dict[str, Any]) -> PredictionLog | None:
         ).start()
     # a log that cannot start must not stop the service from answering
     except Exception as exc:
-        logger.error("prediction log off: cannot start it at %s (%s)", spool, exc)
-        return None
+        state = f"off: cannot start it at {spool} ({type(exc).__name__}: {exc})"
+        logger.error("prediction log %s", state)
+        return None, state
     logger.info("prediction log: %s (spool %s)", log, spool)
-    return log
+    return log, f"on (spool {spool})"
 
 
 def response_model(task: Task, classes: list[str] | None) -> type[BaseModel]:
@@ -400,7 +414,12 @@ def feedback_model(record: type[BaseModel], classes: list[str] | None) -> type[B
         """The true label of a logged prediction (`request_id`, and `row` in a batch), or a
         new labelled `record`."""
 
-        model_config = ConfigDict(extra="forbid")
+        # the validator's rule in the schema too: exactly one of request_id and record (a
+        # body with neither was schema-valid and refused)
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+            {"required": ["request_id"], "properties": {"request_id": {"type": "string"}}},
+            {"required": ["record"], "properties": {"record": {"type": "object"}}},
+        ]})  # fmt: skip
         label: label_type = Field(description=label_doc)
         request_id: str | None = Field(None, max_length=64, description="x-request-id of /predict")
         row: int = Field(0, ge=0, description="the record's index in that request's batch")
@@ -504,6 +523,13 @@ class InfoRoutes:
                 "reason": served.reason,
                 "inference": served.inference,
                 "batching": server.batcher.stats(),
+                # on or off (and why); its counters: spooled_pending grows while the
+                # database is unavailable, db_errors counts failed deliveries
+                "prediction_log": {
+                    "state": server.log_state,
+                    **(server.log.stats if server.log is not None else {}),
+                },
+                "champion_check": server.reloader.last,
                 "metadata": served.metadata,
             }
         )
@@ -606,7 +632,8 @@ class ModelServer:
     def __init__(self) -> None:
         config = self.parts.config
         served = resolve_model(config)
-        self.log: PredictionLog | None = open_log(config)
+        self.log: PredictionLog | None
+        self.log, self.log_state = open_log(config)
         logger.info("serving %s from the %s (%s)", served.tag, served.source, served.reason)
         self.columns = list(config["columns"])
         self.numeric = self.parts.numeric
@@ -650,15 +677,19 @@ class ModelServer:
         body = {"model": served.tag, "predictions": predictions}
         return Response(to_json(body), media_type="application/json")
 
-    def record_feedback(self, items: list[BaseModel]) -> dict[str, Any]:
-        """Spools the feedback; answered only once it is in the prediction log's spool."""
+    def record_feedback(self, items: list[BaseModel]) -> dict[str, Any] | Response:
+        """Spools the feedback; answered only once it is in the prediction log's spool,
+        else 503 saying so (BentoML would answer a raised 503 with a generic message,
+        and log a traceback for what is no bug of the server)."""
         entry = LogEntry(
             request_id=new_request_id(), ts=datetime.now(UTC), kind=FEEDBACK_KIND,
             model_tag=self.current.tag, inputs=[i.model_dump(mode="json") for i in items],
             outputs=None, latency_ms=0.0, status="ok", http_status=200, n_records=len(items),
         )  # fmt: skip
         if self.log is None or not self.log.record(entry):
-            raise ServiceUnavailable("the feedback store is unavailable: nothing was kept")
+            return JSONResponse(
+                {"error": "the feedback store is unavailable: nothing was kept"}, 503
+            )
         return {"accepted": len(items), "feedback_id": entry.request_id}
 
     def proba(self, records: list[Any]) -> tuple[ServedModel, np.ndarray]:
@@ -752,7 +783,8 @@ def create_service(root: Path) -> bentoml.Service[Any]:
             """True outcomes (`label`: the class, or the target's value for a regressor) of
             logged predictions, or new labelled records; answered 200 only once they are
             in the prediction log's spool (a killed server keeps them)."""
-            return self.record_feedback(items)
+            # documented as the dict; a 503 is a Response, which BentoML passes through
+            return self.record_feedback(items)  # type: ignore[return-value]
 
         @bentoml.on_shutdown
         def close_log(self) -> None:
@@ -770,5 +802,13 @@ def create_service(root: Path) -> bentoml.Service[Any]:
         model_tag=built.slot.model_tag,
         observe=built.metrics.observe,
         record_key=RECORD_KEYS[built.task.kind],
+    )
+    # inside the request log (BentoML applies middlewares in the order added): a refused
+    # body is logged like any answer; bodies the limits refuse never reach a parser
+    limit = max_request_bytes(config)
+    service.add_asgi_middleware(RequestLimits, max_bytes=limit, max_depth=MAX_JSON_DEPTH)
+    service.add_asgi_middleware(
+        OpenAPIDocument,
+        amend=lambda spec: amend(spec, max_bytes=limit, max_depth=MAX_JSON_DEPTH),
     )
     return service
