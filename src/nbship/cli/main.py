@@ -31,14 +31,20 @@ def main() -> None:
 @main.command()
 @PROJECT_OPTION
 @click.option("--force", is_flag=True, help="Re-run every task, even up-to-date ones.")
-def build(project: Path, force: bool) -> None:
+@click.option("--task", "task", default=None, help="Run only this task, on the upstream "
+              "products already there (a step of `nbship export argo`).")  # fmt: skip
+def build(project: Path, force: bool, task: str | None) -> None:
     """Run the pipeline: only tasks whose source, params or upstream changed."""
     from nbship.config import ConfigError
     from nbship.pipeline.checks import build_project
-    from nbship.pipeline.dag import failure_cause
+    from nbship.pipeline.dag import build_task, failure_cause
 
     load_project(project)  # env.yaml (alert rules included) is checked before any task
     try:
+        if task is not None:
+            build_task(project, task)
+            click.echo(f"Ran 1 task(s): {task}")
+            return
         result = build_project(project, force=force)
     except ConfigError as exc:  # a setting that does not fit the data or the files
         raise click.ClickException(str(exc)) from None
@@ -224,11 +230,11 @@ def container_stop(project: Path, container_id: str, timeout: int) -> None:
 @PROJECT_OPTION
 @output_option("<root>/k8s/<bento name>.yaml")
 def k8s(project: Path, output: Path | None) -> None:
-    """Kubernetes manifests (Deployment, Service, HPA) for the published bento's image,
-    validated against the Kubernetes schemas when kubernetes-validate is installed
-    (pip install 'nbship[k8s]')."""
+    """Kubernetes manifests (Deployment, Service, HPA; a batch-scoring CronJob when env.yaml
+    sets batch.schedule) for the published bento's image, validated against the Kubernetes
+    schemas when kubernetes-validate is installed (pip install 'nbship[k8s]')."""
     from nbship.deploy.container import image_name
-    from nbship.deploy.k8s import DeploymentSettings, write
+    from nbship.deploy.k8s import DeploymentSettings, batch_job, write
 
     loaded = load_project(project)
     image, config = image_name(published_bento(loaded))
@@ -239,7 +245,7 @@ def k8s(project: Path, output: Path | None) -> None:
             git_commit=config["metadata"].get("git_commit"),
             **loaded.config.kubernetes.model_dump(),
         )  # fmt: skip
-        written = write(settings, out)
+        written = write(settings, out, batch_job(loaded.config.batch))
     except ValueError as exc:  # settings that make no valid manifest: nothing is written
         raise click.ClickException(str(exc)) from None
     click.echo(str(written.path))
@@ -248,8 +254,10 @@ def k8s(project: Path, output: Path | None) -> None:
 
 
 def _register_groups() -> None:
+    from nbship.cli.export import export
     from nbship.cli.log import log, monitor
     from nbship.cli.models import models
+    from nbship.cli.predict import predict
     from nbship.cli.retrain import retrain
     from nbship.cli.scaffold import adopt, init
     from nbship.cli.suite import suite
@@ -261,6 +269,8 @@ def _register_groups() -> None:
     main.add_command(retrain)
     main.add_command(log)
     main.add_command(monitor)
+    main.add_command(predict)
+    main.add_command(export)
 
 
 _register_groups()

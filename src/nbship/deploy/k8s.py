@@ -12,6 +12,7 @@ is an optional extra (`nbship[k8s]`): without it the manifests are written unche
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from types import ModuleType
 
 import yaml
 
-from nbship.config import KubernetesSettings
+from nbship.config import BatchSettings, KubernetesSettings
 
 _DEFAULTS = KubernetesSettings()
 
@@ -106,8 +107,9 @@ def _probe(path: str, **timing: int) -> dict:
     return {"httpGet": {"path": path, "port": PORT_NAME}, "timeoutSeconds": 2, **timing}
 
 
-def manifests(settings: DeploymentSettings) -> list[dict]:
-    """The Deployment, Service and HorizontalPodAutoscaler, in the order to apply them."""
+def manifests(settings: DeploymentSettings, batch: BatchJobSettings | None = None) -> list[dict]:
+    """The Deployment, Service and HorizontalPodAutoscaler, in the order to apply them;
+    with `batch`, the CronJob of batch scoring after them."""
     name = dns_label(settings.name)
     # The selector is immutable once applied, so it holds only the stable name; the
     # version label goes on the pods, so each rollout's pods can be told apart.
@@ -217,7 +219,122 @@ def manifests(settings: DeploymentSettings) -> list[dict]:
             ],
         },
     }
-    return [deployment, service, hpa]
+    docs = [deployment, service, hpa]
+    if batch is not None:
+        docs.append(cronjob(settings, batch, container))
+    return docs
+
+
+# The image's bento and where its own model store is: the batch job loads the bento's model
+# from there (the server finds it by itself; a plain Python process reads BENTOML_HOME).
+BENTO_DIR = "/home/bento/bento"
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+@dataclass(frozen=True)
+class BatchJobSettings:
+    """env.yaml's `batch:` as the CronJob needs it: when, and which object-store URLs."""
+
+    schedule: str  # cron: "0 3 * * *", or a macro such as "@daily"
+    input: str
+    output: str
+    rejects: str | None = None
+    chunk_rows: int = 100_000
+    dask: str | None = None  # a scheduler the pod reaches; None: the pod scores alone
+    concurrency_policy: str = "Forbid"  # a run still going when the next is due: skip it
+
+    def __post_init__(self) -> None:
+        # the schema only says "a string": a typo would be accepted and never run
+        fields = self.schedule.split()
+        if not (self.schedule.strip() in _CRON_MACROS
+                or (len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields))):  # fmt: skip
+            raise ValueError(
+                f"batch.schedule {self.schedule!r} is not a cron schedule (five fields, e.g."
+                " '0 3 * * *', or a macro such as '@daily')"
+            )
+        if self.chunk_rows < 1:
+            raise ValueError(f"batch.chunk_rows must be at least 1, got {self.chunk_rows}")
+
+    def command(self) -> list[str]:
+        """`nbship predict` without a project: the bento's own entry point."""
+        args = ["python", "-m", "nbship.batch", BENTO_DIR, self.input, "--output", self.output,
+                "--chunk-rows", str(self.chunk_rows)]  # fmt: skip
+        if self.rejects:
+            args += ["--rejects", self.rejects]
+        if self.dask:
+            args += ["--dask", self.dask]
+        return args
+
+
+def batch_job(section: BatchSettings) -> BatchJobSettings | None:
+    """The CronJob's settings from env.yaml's `batch:`; None when it sets no schedule."""
+    if section.schedule is None:
+        return None
+    # BatchSettings' own check: a schedule comes with input and output
+    assert section.input is not None and section.output is not None
+    return BatchJobSettings(
+        schedule=section.schedule, input=section.input, output=section.output,
+        rejects=section.rejects, chunk_rows=section.chunk_rows, dask=section.dask,
+    )  # fmt: skip
+
+
+def cronjob(settings: DeploymentSettings, batch: BatchJobSettings, serving: dict) -> dict:
+    """A CronJob running batch scoring from the Deployment's image on a schedule: same
+    image, resources and security as the server's container, no ports or probes."""
+    name = dns_label(f"{settings.name}-batch")
+    labels = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": "batch",
+        "app.kubernetes.io/version": label_value(settings.model_tag),
+        "app.kubernetes.io/managed-by": "nbship",
+    }
+    env = [
+        {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+        {"name": "BENTOML_HOME", "value": BENTO_DIR},
+        {"name": "PYTHONPATH", "value": f"{BENTO_DIR}/src"},
+        # a batch run is not a served request: it writes scores, not the prediction log
+        {"name": "NBSHIP_LOG_URL", "value": "off"},
+    ]
+    container = {
+        "name": name,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": batch.command(),
+        "env": env,
+        "resources": copy.deepcopy(serving["resources"]),
+        "securityContext": copy.deepcopy(serving["securityContext"]),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "labels": labels,
+                     "annotations": {f"{ANNOTATION_PREFIX}/model-tag": settings.model_tag}},
+        "spec": {
+            "schedule": batch.schedule,
+            "concurrencyPolicy": batch.concurrency_policy,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "backoffLimit": 2,
+                    "template": {
+                        "metadata": {"labels": dict(labels)},
+                        "spec": {
+                            # a failed run's pod is retried by the Job (backoffLimit)
+                            "restartPolicy": "Never",
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "containers": [container],
+                        },
+                    },
+                },
+            },
+        },
+    }  # fmt: skip
 
 
 def to_yaml(docs: list[dict]) -> str:
@@ -286,10 +403,12 @@ class Written:
     not_validated: str | None = None  # why the schemas did not check them; None: they did
 
 
-def write(settings: DeploymentSettings, path: str | Path) -> Written:
+def write(
+    settings: DeploymentSettings, path: str | Path, batch: BatchJobSettings | None = None
+) -> Written:
     """Validate the manifests for `settings` when the schemas are installed (invalid ones
     raise ValueError and are not written), then write them to `path` as YAML."""
-    docs = manifests(settings)
+    docs = manifests(settings) if batch is None else manifests(settings, batch)
     try:
         validate(docs)
         not_validated = None
