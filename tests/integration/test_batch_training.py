@@ -1,4 +1,4 @@
-"""Training on Dask: `nbship.pipeline.cluster.on_cluster()` puts scikit-learn's joblib work
+"""Training on Dask: `nbship.batch.training.on_cluster()` puts scikit-learn's joblib work
 on the configured cluster (a LocalCluster in this process) and gives the same model as
 training here; with no cluster configured it does nothing."""
 
@@ -14,7 +14,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV
 
-from nbship.pipeline import cluster
+from nbship.batch import training as cluster
 
 pytestmark = pytest.mark.integration
 

@@ -93,12 +93,17 @@ def test_a_failing_notebook_raises_and_leaves_no_stamp(built: Path):
     assert stamp(built).exists()
     nb = built / "notebooks" / "b.py"
     nb.write_text(NOTEBOOK_B + "\n# %%\nraise RuntimeError('boom in b')\n")
-    with pytest.raises((DAGBuildError, TaskBuildError)) as info:
+    with pytest.raises(pipeline.BuildFailed) as info:
         pipeline.build(built)
-    assert "b" in str(info.value)
+    # the task, the cell of its file that raised, the error, and the notebook as it ran
+    assert info.value.task == "b"
+    assert info.value.cell == "cell 3: raise RuntimeError('boom in b')"
+    assert info.value.cause == "RuntimeError: boom in b"
+    assert info.value.notebook == built / "build" / "b.ipynb"
+    assert isinstance(info.value.__cause__, DAGBuildError | TaskBuildError)
     assert not stamp(built).exists()
     # still failing: the missing stamp means Ploomber is asked again, and fails again
-    with pytest.raises((DAGBuildError, TaskBuildError)):
+    with pytest.raises(pipeline.BuildFailed):
         pipeline.build(built)
     assert not stamp(built).exists()
     # fixed: only the failed task runs, then the stamp is back
@@ -108,9 +113,23 @@ def test_a_failing_notebook_raises_and_leaves_no_stamp(built: Path):
     assert stamp(built).exists()
 
 
+def test_a_build_tells_each_task_as_it_starts_and_ends(project: Path):
+    events: list[tuple[str, str]] = []
+    result = pipeline.build(project, progress=lambda e, task, s: events.append((e, task)))
+    # Ploomber's own log of each task (tests the seam: it fails if that log changes)
+    assert events == [("start", "a"), ("done", "a"), ("start", "b"), ("done", "b")]
+    assert [(t.name, t.ran) for t in result.tasks] == [("a", True), ("b", True)]
+    assert all(t.seconds > 0 for t in result.tasks)
+    (project / "notebooks" / "b.py").write_text(NOTEBOOK_B + "\n# %%\nprint('edited')\n")
+    events.clear()
+    again = pipeline.build(project, progress=lambda e, task, s: events.append((e, task)))
+    assert events == [("start", "b"), ("done", "b")]
+    assert [(t.name, t.ran) for t in again.tasks] == [("a", False), ("b", True)]
+
+
 def test_a_failing_first_build_writes_no_stamp(project: Path):
     (project / "notebooks" / "a.py").write_text(NOTEBOOK_A + "\n# %%\n1 / 0\n")
-    with pytest.raises((DAGBuildError, TaskBuildError)):
+    with pytest.raises(pipeline.BuildFailed):
         pipeline.build(project)
     assert not stamp(project).exists()
     assert not (project / "build" / "b.txt").exists()

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -84,8 +85,34 @@ def test_editing_one_task_reruns_it_and_what_depends_on_it(tmp_path, built_proje
     notebook = project.path / "notebooks" / "choose.py"
     notebook.write_text(notebook.read_text() + "\n# %%\nprint('edited')\n")
     result = project.run("build", check=True)
-    ran = result.stdout.strip().split(": ", 1)[1].split(", ")
+    lines = result.stdout.strip().splitlines()
+    ran = lines[-1].split(": ", 1)[1].split(", ")
     assert sorted(ran) == ["choose", "package"]
+    # each task as it starts and ends, then every task's status and time, one line each
+    # (captured, as in CI: nothing is redrawn)
+    assert lines[:4] == ["-> choose", lines[1], "-> package", lines[3]]
+    assert re.fullmatch(r"   choose done in \d+\.\d s", lines[1])
+    table = {line.split()[0]: line.split()[1:] for line in lines[5:-1]}
+    assert table["load"] == ["skipped", "-"] and table["choose"][0] == "ran"
+    assert "\r" not in result.stdout
+
+
+def test_a_failing_task_is_named_with_its_cell_and_executed_notebook(
+    tmp_path, built_project: Project
+):
+    project = _copy_built(built_project, tmp_path)
+    notebook = project.path / "notebooks" / "choose.py"
+    notebook.write_text(notebook.read_text() + "\n# %%\nraise ValueError('no winner today')\n")
+    result = project.run("build")
+    assert result.returncode == 1
+    err = result.stderr.splitlines()
+    assert err[0] == "build failed: ValueError: no winner today"
+    assert re.fullmatch(r"  in task 'choose', cell \d+: raise ValueError\('no winner today'\)",
+                        err[1]), err  # fmt: skip
+    executed = "build/reports/choose.ipynb"
+    assert err[2] == f"  the executed notebook, with the full traceback: {executed}"
+    assert "Traceback" in (project.path / executed).read_text()
+    assert "Traceback" not in result.stderr
 
 
 def _copy_built(built: Project, dest_parent) -> Project:

@@ -37,7 +37,7 @@ def build(project: Path, force: bool, task: str | None) -> None:
     """Run the pipeline: only tasks whose source, params or upstream changed."""
     from nbship.config import ConfigError
     from nbship.pipeline.checks import build_project
-    from nbship.pipeline.dag import build_task, failure_cause
+    from nbship.pipeline.dag import BuildFailed, build_task, failure_cause
 
     load_project(project)  # env.yaml (alert rules included) is checked before any task
     try:
@@ -45,12 +45,20 @@ def build(project: Path, force: bool, task: str | None) -> None:
             build_task(project, task)
             click.echo(f"Ran 1 task(s): {task}")
             return
-        result = build_project(project, force=force)
+        result = build_project(project, force=force, progress=_show_progress)
     except ConfigError as exc:  # a setting that does not fit the data or the files
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # the failing task's own error, without Ploomber's stack
-        cause = failure_cause(str(exc))
-        click.echo(f"build failed: {cause or exc}", err=True)
+    except BuildFailed as exc:  # the failing task's own error, without Ploomber's stack
+        click.echo(f"build failed: {exc.cause}", err=True)
+        if exc.task:
+            click.echo(f"  in task {exc.task!r}" + (f", {exc.cell}" if exc.cell else ""), err=True)
+        if exc.notebook:
+            where = _relative(exc.notebook, project)
+            click.echo(f"  the executed notebook, with the full traceback: {where}", err=True)
+        click.echo("Earlier products, and the published bento, are unchanged.", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        click.echo(f"build failed: {failure_cause(str(exc)) or exc}", err=True)
         click.echo("Earlier products, and the published bento, are unchanged.", err=True)
         sys.exit(1)
     if result.skipped_by_stamp:
@@ -58,7 +66,27 @@ def build(project: Path, force: bool, task: str | None) -> None:
     elif not result.ran:
         click.echo("Nothing to build: every task is up to date.")
     else:
+        width = max(len(t.name) for t in result.tasks)
+        click.echo(f"\n{'task':<{width}}  {'status':<7}  seconds")
+        for t in result.tasks:
+            seconds = f"{t.seconds:7.1f}" if t.ran else f"{'-':>7}"
+            click.echo(f"{t.name:<{width}}  {'ran' if t.ran else 'skipped':<7}  {seconds}")
         click.echo(f"Ran {len(result.ran)} task(s): {', '.join(result.ran)}")
+
+
+def _show_progress(event: str, task: str, seconds: float | None) -> None:
+    # one line per event, never redrawn: the same on a terminal and in a CI log
+    if event == "start":
+        click.echo(f"-> {task}")
+    else:
+        click.echo(f"   {task} done in {seconds:.1f} s")
+
+
+def _relative(path: Path, project: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(project.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @main.command()

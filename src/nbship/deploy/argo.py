@@ -92,8 +92,7 @@ def workflow(settings: ArgoSettings, graph: list[tuple[str, list[str]]]) -> dict
         "kind": "Workflow",
         "metadata": {
             "generateName": f"{dns_label(settings.name)}-build-",
-            "labels": {"app.kubernetes.io/name": dns_label(settings.name),
-                       "app.kubernetes.io/managed-by": "nbship"},
+            "labels": _labels(settings),
         },
         "spec": {
             "entrypoint": "pipeline",
@@ -117,6 +116,11 @@ def workflow(settings: ArgoSettings, graph: list[tuple[str, list[str]]]) -> dict
     }  # fmt: skip
 
 
+def _labels(settings: ArgoSettings) -> dict[str, str]:
+    return {"app.kubernetes.io/name": dns_label(settings.name),
+            "app.kubernetes.io/managed-by": "nbship"}  # fmt: skip
+
+
 def cron_workflow(settings: ArgoSettings) -> dict:
     """`nbship retrain --wait` on a schedule, on the claim that keeps the project (its
     registry, model store and published bento) from one run to the next."""
@@ -127,8 +131,7 @@ def cron_workflow(settings: ArgoSettings) -> dict:
         "kind": "CronWorkflow",
         "metadata": {
             "name": f"{dns_label(settings.name)}-retrain",
-            "labels": {"app.kubernetes.io/name": dns_label(settings.name),
-                       "app.kubernetes.io/managed-by": "nbship"},
+            "labels": _labels(settings),
         },
         "spec": {
             "schedules": [settings.retrain_schedule],

@@ -58,7 +58,7 @@ SERVING_DISTRIBUTIONS: tuple[str, ...] = (
 # Imports of the staged modules that only the build, the reports or the CLI run (inside
 # functions serving never calls, or in modules the service never imports): not roots.
 BUILD_ONLY_IMPORTS: frozenset[str] = frozenset(
-    {"great_expectations", "jupytext", "matplotlib", "networkx", "ploomber", "pyarrow"}
+    {"great_expectations", "jupytext", "matplotlib", "nbformat", "networkx", "ploomber", "pyarrow"}
 )
 SERVE_GROUP = "serve"
 _UV_EXPORT = ("export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header",

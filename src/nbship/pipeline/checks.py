@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nbship.config import ENV_FILE, ConfigError
-from nbship.pipeline.dag import BuildResult, build
+from nbship.pipeline.dag import BuildResult, Progress, build
 from nbship.pipeline.data import source_columns
 from nbship.project import Project
 
@@ -25,8 +25,10 @@ def check_project(project: Project) -> None:
     config.check_columns(columns, where=f"data source {config.data.source!r}")
 
 
-def build_project(project_dir: Path, force: bool = False) -> BuildResult:
+def build_project(
+    project_dir: Path, force: bool = False, progress: Progress | None = None
+) -> BuildResult:
     """`nbship build`: the project's checks, then the DAG (ConfigError before any task)."""
     project = Project.load(project_dir)
     check_project(project)
-    return build(project.path, force=force)
+    return build(project.path, force=force, progress=progress)

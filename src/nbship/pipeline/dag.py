@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,31 @@ INPUT_PATTERNS = (
 
 
 @dataclass(frozen=True)
+class TaskRun:
+    name: str
+    ran: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
 class BuildResult:
     ran: list[str]
     skipped_by_stamp: bool
+    # every task in pipeline order, with its time (not part of what a build "is")
+    tasks: list[TaskRun] = field(default_factory=list, compare=False)
+
+
+# what a build reports as it goes: ("start", task, None) and ("done", task, seconds)
+Progress = Callable[[str, str, float | None], None]
+
+
+class BuildFailed(RuntimeError):
+    """A task failed: which one, where in its notebook, and the executed notebook that
+    holds the full traceback (Ploomber's own error is the __cause__)."""
+
+    def __init__(self, task: str | None, cause: str, notebook: Path | None, cell: str | None):
+        super().__init__(cause)
+        self.task, self.cause, self.notebook, self.cell = task, cause, notebook, cell
 
 
 def _product_dirs(project_dir: Path) -> list[Path]:
@@ -181,31 +204,115 @@ def build_lock(project_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def build(project_dir: str | Path = ".", force: bool = False) -> BuildResult:
-    """Runs what is outdated; a failing task raises and leaves earlier products in place.
-    Raises BuildBusy while another build of the project runs."""
+def build(
+    project_dir: str | Path = ".", force: bool = False, progress: Progress | None = None
+) -> BuildResult:
+    """Runs what is outdated, telling `progress` as each task starts and ends; a failing
+    task raises BuildFailed and leaves earlier products in place. Raises BuildBusy while
+    another build of the project runs."""
     project_dir = Path(project_dir).resolve()
     with build_lock(project_dir):
-        return _build(project_dir, force)
+        return _build(project_dir, force, progress)
 
 
-def _build(project_dir: Path, force: bool) -> BuildResult:
+def _build(project_dir: Path, force: bool, progress: Progress | None = None) -> BuildResult:
     stamp_path = _stamp_path(project_dir)
     if not force and stamp_path.exists() and stamp_path.read_text() == build_stamp(project_dir):
         return BuildResult(ran=[], skipped_by_stamp=True)
     stamp_path.unlink(missing_ok=True)
     from ploomber.executors import Serial
 
-    with _in(project_dir):
+    events = _TaskEvents(progress)
+    with _in(project_dir), events.listening():
         dag = load_dag(project_dir)
         # one process for all tasks: the libraries import once, not once per task
         dag.executor = Serial(build_in_subprocess=False)
-        report = dag.build(force=force, show_progress=False)
-    columns = report.values  # column-oriented: {"name": [...], "Ran?": [...]}
-    ran = [name for name, did in zip(columns["name"], columns["Ran?"], strict=True) if did]
+        try:
+            report = dag.build(force=force, show_progress=False)
+        except Exception as exc:
+            raise _failure(dag, events.current, exc) from exc
+    columns = report.values  # column-oriented: {"name": [...], "Ran?": [...], ...}
+    order = {name: i for i, name in enumerate(dag)}  # a DAG iterates in topological order
+    tasks = sorted(
+        (
+            TaskRun(name, bool(did), float(seconds or 0.0))
+            for name, did, seconds in zip(
+                columns["name"], columns["Ran?"], columns["Elapsed (s)"], strict=True
+            )
+        ),
+        key=lambda t: order.get(t.name, len(order)),
+    )
     stamp_path.parent.mkdir(parents=True, exist_ok=True)
     stamp_path.write_text(build_stamp(project_dir))
-    return BuildResult(ran=ran, skipped_by_stamp=False)
+    return BuildResult(ran=[t.name for t in tasks if t.ran], skipped_by_stamp=False, tasks=tasks)
+
+
+# Ploomber 0.23.3 logs each task's start and end (Task._build, at INFO, on the logger of
+# the task's class under ploomber.tasks.abc): the one place a running build says which
+# task it is in. tests/integration/test_compat_ploomber.py fails if that changes.
+TASK_LOGGER = "ploomber.tasks.abc"
+_STARTED = re.compile(r"^Starting execution: \w+: (?P<name>.+?) -> ")
+_DONE = re.compile(r"^Done\. Operation took (?P<seconds>[\d.]+) seconds")
+
+
+class _TaskEvents(logging.Handler):
+    def __init__(self, progress: Progress | None) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.current: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if started := _STARTED.match(message):
+            self.current = started["name"]
+            if self.progress:
+                self.progress("start", self.current, None)
+        elif (done := _DONE.match(message)) and self.current and self.progress:
+            self.progress("done", self.current, float(done["seconds"]))
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        logger = logging.getLogger(TASK_LOGGER)
+        level, propagate = logger.level, logger.propagate
+        # heard here only: not printed again by whatever handlers the root logger has
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(self)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def _failure(dag: Any, task: str | None, exc: Exception) -> BuildFailed:
+    """The failing task, its error, and the notebook ploomber-engine stored as far as it
+    ran (the task's `nb` product as .ipynb), with the cell that raised."""
+    cause = failure_cause(str(exc)) or str(exc)
+    notebook = cell = None
+    if task is not None and task in dag:
+        products = _paths(dag[task].product)
+        report = products.get("nb")
+        if report is not None and (executed := Path(report).with_suffix(".ipynb")).is_file():
+            notebook = executed
+            cell = _failing_cell(executed)
+    return BuildFailed(task, cause, notebook, cell)
+
+
+def _failing_cell(notebook: Path) -> str | None:
+    """`cell N: <its first line>` of the cell that raised (the one with an error output),
+    N counting the code cells of the task's own file (not the injected parameters)."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    own = [c for c in cells if c.cell_type == "code"
+           and "injected-parameters" not in c.metadata.get("tags", [])]  # fmt: skip
+    for number, cell in enumerate(own, 1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            return f"cell {number}: {first.strip()}"
+    return None
 
 
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception)): (?P<message>.*)$")

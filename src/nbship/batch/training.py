@@ -8,7 +8,8 @@ validation) on the dask.distributed cluster env.yaml names in `batch.dask` (the 
 `nbship predict` scores on), or on `address`. With no cluster configured it does
 nothing, so the same notebook runs on a laptop. The data is sent to the workers by
 joblib; the fitted model comes back to the notebook, which hands it over as usual.
-Needs the `dask` extra (`pip install 'nbship[dask]'`).
+Needs the `dask` extra (`pip install 'nbship[dask]'`). Here, not in `pipeline/`: a bento
+ships `pipeline/` whole, and serving has no use for Dask.
 """
 
 from __future__ import annotations
