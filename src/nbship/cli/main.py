@@ -48,17 +48,13 @@ def build(project: Path, force: bool, task: str | None) -> None:
         result = build_project(project, force=force, progress=_show_progress)
     except ConfigError as exc:  # a setting that does not fit the data or the files
         raise click.ClickException(str(exc)) from None
-    except BuildFailed as exc:  # the failing task's own error, without Ploomber's stack
-        click.echo(f"build failed: {exc.cause}", err=True)
-        if exc.task:
+    except Exception as exc:  # the failing task's own error, without Ploomber's stack
+        click.echo(f"build failed: {failure_cause(str(exc)) or exc}", err=True)
+        if isinstance(exc, BuildFailed) and exc.task:
             click.echo(f"  in task {exc.task!r}" + (f", {exc.cell}" if exc.cell else ""), err=True)
-        if exc.notebook:
+        if isinstance(exc, BuildFailed) and exc.notebook:
             where = _relative(exc.notebook, project)
             click.echo(f"  the executed notebook, with the full traceback: {where}", err=True)
-        click.echo("Earlier products, and the published bento, are unchanged.", err=True)
-        sys.exit(1)
-    except Exception as exc:
-        click.echo(f"build failed: {failure_cause(str(exc)) or exc}", err=True)
         click.echo("Earlier products, and the published bento, are unchanged.", err=True)
         sys.exit(1)
     if result.skipped_by_stamp:

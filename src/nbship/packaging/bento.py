@@ -278,10 +278,10 @@ def load_model(path: str | Path) -> Any:
 def max_request_bytes(project: Path) -> int:
     """env.yaml's `bento.max_request_mb` in bytes, what the server reads of a request at
     most (the setting's default for a folder without an env.yaml)."""
-    from nbship.serving.request_limits import mb_to_bytes
+    from nbship.serving.request_limits import DEFAULT_MAX_REQUEST_MB, mb_to_bytes
 
     if not (project / ENV_FILE).is_file():
-        return mb_to_bytes(BentoSettings.model_fields["max_request_mb"].default)
+        return mb_to_bytes(DEFAULT_MAX_REQUEST_MB)
     bento = validate_section(BentoSettings, read_raw(project).get("bento"), "bento")
     return mb_to_bytes(bento.max_request_mb)
 

@@ -249,7 +249,7 @@ def _build(project_dir: Path, force: bool, progress: Progress | None = None) -> 
 
 # Ploomber 0.23.3 logs each task's start and end (Task._build, at INFO, on the logger of
 # the task's class under ploomber.tasks.abc): the one place a running build says which
-# task it is in. tests/integration/test_compat_ploomber.py fails if that changes.
+# task it is in. tests/integration/test_dag.py fails if that changes.
 TASK_LOGGER = "ploomber.tasks.abc"
 _STARTED = re.compile(r"^Starting execution: \w+: (?P<name>.+?) -> ")
 _DONE = re.compile(r"^Done\. Operation took (?P<seconds>[\d.]+) seconds")

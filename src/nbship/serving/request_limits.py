@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic_core import to_json
 
+from nbship.config import BentoSettings
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -25,7 +27,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_REQUEST_ENV = "NBSHIP_MAX_REQUEST_MB"  # overrides serving.json's max_request_bytes
-DEFAULT_MAX_REQUEST_MB = 2.0  # a 1,000-record batch is ~130 kB: 15x headroom
+# env.yaml's default (the schema's, defined once), for a bento built before the setting
+DEFAULT_MAX_REQUEST_MB: float = BentoSettings.model_fields["max_request_mb"].default
 # records are flat objects; a feedback item holds one: {"items": [{"record": {...}}]} is 4
 MAX_JSON_DEPTH = 32
 # what BentoML reads as other than JSON: its pickle format (refused on a public server
