@@ -115,6 +115,10 @@ class GateSettings(Section):
     value_rel_tolerance: NonNegativeFloat = 0.05
     max_latency_factor: PositiveFloat = 3.0
     max_train_factor: PositiveFloat = 5.0
+    # a challenger that trained in less than this is never too slow to train: timing a
+    # fit of a few milliseconds measures the machine's load, not the model (a 10 ms fit
+    # took 57 ms on a busy CI runner, x5.7)
+    min_train_seconds: NonNegativeFloat = 1.0
     latency_repeats: PositiveInt = 20
     invariance: tuple[InvarianceCheck, ...] = ()
 

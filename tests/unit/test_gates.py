@@ -172,6 +172,18 @@ def test_benchmark_gate_fails_on_training_time_when_both_are_given(parts, champi
     assert "train 5.000 vs 1.000 s" in result.message
 
 
+def test_benchmark_gate_ignores_the_train_ratio_of_a_fit_under_the_floor(parts, champion, refit):
+    # 10 ms against 57 ms (x5.7) is machine load, not a slower model (a CI failure)
+    config = GateConfig(max_latency_factor=50.0, max_train_factor=5.0, latency_repeats=3)
+    args = (champion[0], refit[0], parts.golden[COLUMNS], config)
+    quick = gates.benchmark_gate(*args, champion_train_seconds=0.010,
+                                 challenger_train_seconds=0.057)  # fmt: skip
+    assert quick.passed and quick.evidence["train_ratio"] == pytest.approx(5.7)
+    assert "not applied under 1 s" in quick.message
+    slow = gates.benchmark_gate(*args, champion_train_seconds=0.2, challenger_train_seconds=1.2)
+    assert not slow.passed and slow.evidence["failed"] == ["train"]
+
+
 def test_invariance_gate_detects_a_model_that_uses_island(parts, champion):
     frame = parts.test[COLUMNS]
     values = ["Biscoe", "Dream", "Torgersen"]

@@ -18,6 +18,8 @@ SQLAlchemy (pandas and pyarrow are imported by the queries that need them).
 from nbship.prediction_log.entries import (
     FEEDBACK_KIND,
     RETRAIN_REQUEST_KIND,
+    SHADOW_KIND,
+    SHADOW_SUFFIX,
     LogEntry,
     RawJSON,
     new_request_id,
@@ -31,6 +33,8 @@ __all__ = [
     "FEEDBACK_KIND",
     "REJECTED_FILE",
     "RETRAIN_REQUEST_KIND",
+    "SHADOW_KIND",
+    "SHADOW_SUFFIX",
     "LogEntry",
     "PredictionLog",
     "RawJSON",

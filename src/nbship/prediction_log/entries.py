@@ -16,6 +16,10 @@ from nbship.prediction_log.schema import _LIMITS
 # entry kinds besides "predict": POST /feedback's labels, POST /admin/retrain's requests
 FEEDBACK_KIND = "feedback"
 RETRAIN_REQUEST_KIND = "retrain-request"
+# a shadow version's answer to a logged request, never returned to the caller: its
+# request_id is the answered request's with SHADOW_SUFFIX (request ids are unique)
+SHADOW_KIND = "shadow"
+SHADOW_SUFFIX = "-shadow"
 
 
 @dataclass(frozen=True, slots=True)

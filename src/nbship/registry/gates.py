@@ -372,7 +372,8 @@ def benchmark_gate(
     Each model is warmed up once; then every repeat times both, alternating which goes
     first, so drift in machine load hits both alike. The challenger fails when its p50 or
     p99 is more than `max_latency_factor` times the champion's, or (when both training
-    times are given) it trained more than `max_train_factor` times as long.
+    times are given) it trained more than `max_train_factor` times as long, unless it
+    trained in under `min_train_seconds`.
     """
     if len(batch) == 0:
         raise ValueError("the benchmark batch is empty")
@@ -402,6 +403,7 @@ def benchmark_gate(
         "challenger_train_seconds": challenger_train_seconds,
         "train_ratio": None,
         "max_train_factor": config.max_train_factor,
+        "min_train_seconds": config.min_train_seconds,
     }
     parts = [
         f"{method} on {len(batch)} rows x{config.latency_repeats}: "
@@ -412,11 +414,13 @@ def benchmark_gate(
     if champion_train_seconds is not None and challenger_train_seconds is not None:
         train_ratio = _ratio(challenger_train_seconds, champion_train_seconds)
         evidence["train_ratio"] = train_ratio
-        if train_ratio > config.max_train_factor + _EPS:
+        quick = challenger_train_seconds < config.min_train_seconds
+        if train_ratio > config.max_train_factor + _EPS and not quick:
             failures.append("train")
         parts.append(
             f"train {challenger_train_seconds:.3f} vs {champion_train_seconds:.3f} s "
             f"(x{train_ratio:.2f}); max x{config.max_train_factor}"
+            + (f" (not applied under {config.min_train_seconds:g} s)" if quick else "")
         )
     evidence["failed"] = failures
     message = "challenger vs champion: " + "; ".join(parts)

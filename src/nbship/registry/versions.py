@@ -40,6 +40,12 @@ from nbship.common.timeutil import utc as _utc
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# how a release shares traffic between the champion and another version (see Release)
+SHADOW, CANARY, AB = "shadow", "canary", "ab"
+RELEASE_KINDS = (SHADOW, CANARY, AB)
+# how a release ended: by hand (promoted, aborted), by a guard rail (rolled_back), or by
+# another release started in its place (replaced)
+RELEASE_OUTCOMES = ("promoted", "aborted", "rolled_back", "replaced")
 # Sections compared by `Registry.diff`; dict sections are flattened to dotted keys.
 DIFF_SECTIONS = ("params", "metrics", "versions", "data_fingerprint", "definition_hash")
 # Metadata keys stored in their own columns; the rest goes to `extra`.
@@ -104,6 +110,37 @@ class PromotionEvent:
     rollback: bool = False  # this event undid the alias's latest promotion
 
 
+@dataclass(frozen=True)
+class Release:
+    """A version on trial beside the champion, as registry state that every server sharing
+    the registry follows: `shadow` (predicts `share` of the requests off the request path,
+    never answers), `canary` (answers `share` of them), `ab` (an experiment: answers
+    `share`, arm "b"; the champion is arm "a"). Active while `ended_at` is None."""
+
+    id: int
+    name: str
+    kind: str
+    tag: str
+    champion_tag: str  # the champion when it started: what the trial is compared with
+    share: float
+    actor: str
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: str | None = None  # one of RELEASE_OUTCOMES once ended
+    end_reason: str | None = None
+    end_actor: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def arms(self) -> tuple[str, str]:
+        """The names of (the champion's, the trial version's) answers."""
+        return ("a", "b") if self.kind == AB else (CHAMPION, self.kind)
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -152,6 +189,33 @@ class _Event(_Base):
     forced: Mapped[bool]
     rollback: Mapped[bool]
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Release(_Base):
+    __tablename__ = "model_releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tag: Mapped[str] = mapped_column(ForeignKey("model_versions.tag"))
+    champion_tag: Mapped[str] = mapped_column(String(255))
+    share: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(4096))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    end_reason: Mapped[str | None] = mapped_column(String(4096))
+    end_actor: Mapped[str | None] = mapped_column(String(255))
+
+
+def _release(row: _Release) -> Release:
+    return Release(
+        id=row.id, name=row.name, kind=row.kind, tag=row.tag, champion_tag=row.champion_tag,
+        share=row.share, actor=row.actor, reason=row.reason, started_at=_utc(row.started_at),
+        ended_at=_utc(row.ended_at) if row.ended_at else None, outcome=row.outcome,
+        end_reason=row.end_reason, end_actor=row.end_actor,
+    )  # fmt: skip
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -479,3 +543,94 @@ class Registry:
             query = query.where(_Version.name == name)
         with self._read() as session:
             return [_version(r) for r in session.scalars(query).all()]
+
+    # releases ---------------------------------------------------------------------------
+
+    def start_release(
+        self, tag: str, kind: str, share: float, *, actor: str, reason: str
+    ) -> Release:
+        """Puts `tag` on trial beside its model's champion (see Release). A release already
+        running for that model ends as "replaced" in the same transaction: changing a
+        release (a canary's share, shadow to canary) is starting the new one."""
+        if kind not in RELEASE_KINDS:
+            known = ", ".join(RELEASE_KINDS)
+            raise RegistryError(f"release kind {kind!r}: must be one of {known}")
+        if not 0 < share <= 1:
+            raise RegistryError(f"share {share!r}: must be more than 0 and at most 1")
+        if not actor.strip() or not reason.strip():
+            raise RegistryError("a release needs an actor and a reason")
+        with self._write() as session:
+            row = session.scalar(select(_Version).where(_Version.tag == tag))
+            if row is None:
+                raise self._unknown(session, tag)
+            champion = session.scalar(
+                select(_Alias.tag).where(_Alias.name == row.name, _Alias.alias == CHAMPION)
+            )
+            if champion is None:
+                raise RegistryError(f"{row.name} has no champion to release {tag} beside")
+            if champion == tag:
+                raise RegistryError(f"{tag} is the champion: release another version")
+            now = datetime.now(UTC)
+            running = self._running(session, row.name)
+            if running is not None:
+                running.ended_at, running.outcome, running.end_actor = now, "replaced", actor
+                running.end_reason = f"replaced by a {kind} of {tag}"
+            new = _Release(
+                name=row.name, kind=kind, tag=tag, champion_tag=champion, share=float(share),
+                actor=actor, reason=reason, started_at=now,
+            )  # fmt: skip
+            session.add(new)
+            session.flush()
+            return _release(new)
+
+    @staticmethod
+    def _running(session: Session, name: str) -> _Release | None:
+        return session.scalar(
+            select(_Release)
+            .where(_Release.name == name, _Release.ended_at.is_(None))
+            .order_by(_Release.id.desc())
+        )
+
+    def active_release(self, name: str) -> Release | None:
+        """The release running for model `name`, or None (also for a registry made before
+        releases existed, which has no table for them)."""
+        try:
+            with self._read() as session:
+                row = self._running(session, name)
+                return None if row is None else _release(row)
+        except OperationalError as exc:
+            if "model_releases" in str(exc):
+                return None
+            raise
+
+    def end_release(
+        self, name: str, outcome: str, *, actor: str, reason: str, release_id: int | None = None
+    ) -> Release:
+        """Ends the running release of `name` (only release `release_id`, when given: of
+        several servers whose guard rails fire at once, one ends it and the others are
+        told it already ended)."""
+        if outcome not in RELEASE_OUTCOMES:
+            known = ", ".join(RELEASE_OUTCOMES)
+            raise RegistryError(f"outcome {outcome!r}: must be one of {known}")
+        with self._write() as session:
+            row = self._running(session, name)
+            if row is None or (release_id is not None and row.id != release_id):
+                which = f"release {release_id}" if release_id is not None else "release"
+                raise RegistryError(f"no {which} of {name} is running (it has ended)")
+            row.ended_at, row.outcome = datetime.now(UTC), outcome
+            row.end_actor, row.end_reason = actor, reason
+            session.flush()
+            return _release(row)
+
+    def releases(self, name: str) -> builtins.list[Release]:
+        """Every release of model `name`, newest first (none for an older registry)."""
+        try:
+            with self._read() as session:
+                rows = session.scalars(
+                    select(_Release).where(_Release.name == name).order_by(_Release.id.desc())
+                ).all()
+                return [_release(r) for r in rows]
+        except OperationalError as exc:
+            if "model_releases" in str(exc):
+                return []
+            raise
