@@ -123,6 +123,31 @@ class GateSettings(Section):
     invariance: tuple[InvarianceCheck, ...] = ()
 
 
+class GuardSettings(Section):
+    """When a server rolls a canary (or an A/B arm "b") back by itself: over its answers
+    of the last `window_seconds`, once it has `min_requests` of them."""
+
+    window_seconds: PositiveFloat = 60.0
+    min_requests: PositiveInt = 20
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    max_p99_ms: PositiveFloat | None = None  # an absolute bound on the trial's p99
+    # the trial's p99 against the champion's, in the same window on the same server
+    max_p99_ratio: PositiveFloat | None = 3.0
+
+
+class ReleaseSettings(Section):
+    """Shadow, canary and A/B releases (`nbship release`)."""
+
+    # a canary or A/B request goes to the same arm each time it carries the same key: the
+    # value of this header, else of the request field `key_field`, else a random draw
+    key_header: str = Field("x-nbship-key", pattern=r"^[A-Za-z0-9-]+$")
+    key_field: str | None = None
+    # requests waiting for the shadow model; when full, a request is not shadowed (and
+    # counted as dropped): the shadow never holds an answer back
+    shadow_queue: PositiveInt = 1000
+    guard: GuardSettings = GuardSettings()
+
+
 class RetrainSettings(Section):
     """`nbship retrain watch`'s triggers; None turns one off."""
 
@@ -200,6 +225,7 @@ class ProjectConfig(Section):
     monitoring: dict[str, Any] | None = None
     gates: GateSettings = GateSettings()
     retrain: RetrainSettings = RetrainSettings()
+    release: ReleaseSettings = ReleaseSettings()
     container: ContainerSection = ContainerSection()
     kubernetes: KubernetesSettings = KubernetesSettings()
     batch: BatchSettings = BatchSettings()

@@ -99,6 +99,35 @@ def test_promote_rollback_history(project: Path) -> None:
         assert reg.history("clf")[0].reason == "v2 misbehaves"
 
 
+def test_history_interleaves_releases(project: Path) -> None:
+    with Registry(f"sqlite:///{project / 'state' / 'registry.db'}") as reg:
+        reg.promote("clf:v1", actor="alice", reason="first")
+        reg.start_release("clf:v2", "shadow", 1.0, actor="alice", reason="watch it")
+        reg.start_release("clf:v2", "canary", 0.1, actor="alice", reason="answer some")
+        reg.end_release("clf", "rolled_back", actor="guard", reason="error rate 0.4 > 0.05")
+        reg.promote("clf:v2", actor="bob", reason="fixed")
+
+    lines = ok(project, "history", "clf").splitlines()
+    assert lines[0].split() == [
+        "AT", "ALIAS", "ACTION", "TAG", "PREVIOUS", "ACTOR", "FORCED", "REASON"
+    ]  # fmt: skip
+    # newest first: promotion, rollback of the canary, canary, shadow (replaced), promotion
+    rows = [line.split()[3:] for line in lines[2:]]
+    assert rows == [
+        ["champion", "promote", "clf:v2", "clf:v1", "bob", "no", "fixed"],
+        ["-", "release", "ended", "(rolled_back)", "clf:v2", "clf:v1", "guard", "-",
+         "error", "rate", "0.4", ">", "0.05"],
+        ["-", "release", "canary", "10%", "clf:v2", "clf:v1", "alice", "-", "answer", "some"],
+        ["-", "release", "ended", "(replaced)", "clf:v2", "clf:v1", "alice", "-",
+         "replaced", "by", "a", "canary", "of", "clf:v2"],
+        ["-", "release", "shadow", "100%", "clf:v2", "clf:v1", "alice", "-", "watch", "it"],
+        ["champion", "promote", "clf:v1", "-", "alice", "no", "first"],
+    ]  # fmt: skip
+    # every row's columns line up under the header's
+    column = lines[0].index("TAG")
+    assert all(line[column:].startswith("clf:v") for line in lines[2:])
+
+
 def test_diff(project: Path) -> None:
     lines = ok(project, "diff", "clf:v1", "clf:v2").splitlines()
     assert lines[0].split() == ["KEY", "clf:v1", "clf:v2"]

@@ -282,6 +282,7 @@ def _register_groups() -> None:
     from nbship.cli.log import log, monitor
     from nbship.cli.models import models
     from nbship.cli.predict import predict
+    from nbship.cli.release import release
     from nbship.cli.retrain import retrain
     from nbship.cli.scaffold import adopt, init
     from nbship.cli.suite import suite
@@ -290,6 +291,7 @@ def _register_groups() -> None:
     main.add_command(adopt)
     main.add_command(suite)
     main.add_command(models)
+    main.add_command(release)
     main.add_command(retrain)
     main.add_command(log)
     main.add_command(monitor)

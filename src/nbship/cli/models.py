@@ -8,14 +8,18 @@ SQLAlchemy) is imported inside the commands so `nbship --help` stays fast.
 from __future__ import annotations
 
 import getpass
+import heapq
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nbship.cli.common import PROJECT_OPTION, load_project, project_registry, table
+
+if TYPE_CHECKING:
+    from nbship.registry.versions import Release
 
 REASON_OPTION = click.option(
     "--reason", "-r", required=True, help="Why: recorded in the promotion history."
@@ -38,7 +42,8 @@ def _value(value: Any) -> str:
 
 @click.group()
 def models() -> None:
-    """The model registry: versions, champion/challenger aliases, promotion history."""
+    """The model registry: versions, champion/challenger aliases, promotion and release
+    history."""
 
 
 @models.command("list")
@@ -206,28 +211,54 @@ def diff(project: Path, a: str, b: str) -> None:
     click.echo(table(["KEY", a, b], rows))
 
 
+def _release_rows(releases: list[Release]) -> list[tuple[datetime, list[Any]]]:
+    """History rows of releases (newest first): each start, and its end once it ended.
+    PREVIOUS is the champion it was on trial beside; a release forces nothing."""
+    rows: list[tuple[datetime, list[Any]]] = []
+    for r in releases:
+        if r.ended_at is not None:
+            action = f"release ended ({r.outcome})"
+            rows.append(
+                (r.ended_at, [_when(r.ended_at), "-", action, r.tag, r.champion_tag,
+                              r.end_actor or "-", "-", r.end_reason or "-"])
+            )  # fmt: skip
+        action = f"release {r.kind} {100 * r.share:g}%"
+        rows.append(
+            (r.started_at, [_when(r.started_at), "-", action, r.tag, r.champion_tag, r.actor,
+                            "-", r.reason])
+        )  # fmt: skip
+    # a replaced release ends as the next starts: listed after (older than) that start
+    return sorted(rows, key=lambda row: row[0], reverse=True)
+
+
 @models.command()
 @PROJECT_OPTION
 @click.argument("name")
 def history(project: Path, name: str) -> None:
-    """Every alias change of model NAME, newest first."""
+    """Every alias change and release (started, ended) of model NAME, newest first."""
     with project_registry(load_project(project)) as registry:
-        events = registry.history(name)
-    if not events:
+        events, releases = registry.history(name), registry.releases(name)
+    if not events and not releases:
         click.echo(f"No promotions recorded for {name}.")
         return
-    rows = [
-        [
-            _when(e.at),
-            e.alias,
-            "rollback" if e.rollback else "promote",
-            e.tag,
-            e.previous_tag or "-",
-            e.actor,
-            "yes" if e.forced else "no",
-            e.reason,
-        ]
+    promotions = [
+        (
+            e.at,
+            [
+                _when(e.at),
+                e.alias,
+                "rollback" if e.rollback else "promote",
+                e.tag,
+                e.previous_tag or "-",
+                e.actor,
+                "yes" if e.forced else "no",
+                e.reason,
+            ],
+        )
         for e in events
     ]
+    # both newest first: merged by time, each keeping its own order
+    merged = heapq.merge(promotions, _release_rows(releases), key=lambda row: row[0], reverse=True)
+    rows = [row for _, row in merged]
     headers = ["AT", "ALIAS", "ACTION", "TAG", "PREVIOUS", "ACTOR", "FORCED", "REASON"]
     click.echo(table(headers, rows))

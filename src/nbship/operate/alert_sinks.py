@@ -4,12 +4,11 @@ skipped, never raised: a dead webhook must not take the monitor down.
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nbship.common.webhook import post_alerts
 from nbship.operate.alert_rules import Alert, Sink
 
 # the name the alert lines have always been logged under (the log sink's documented
@@ -32,17 +31,7 @@ def _log_sink(alerts: Sequence[Alert]) -> None:
 
 
 def _webhook_sink(alerts: Sequence[Alert], sink: Sink) -> None:
-    body = json.dumps(
-        {"source": "nbship", "alerts": [a.to_dict() for a in alerts]}, allow_nan=False
-    ).encode()
-    request = urllib.request.Request(
-        str(sink.url),
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "nbship-alerts"},
-    )
-    with urllib.request.urlopen(request, timeout=sink.timeout_s) as response:
-        response.read()  # urlopen raises HTTPError on a 4xx/5xx answer
+    post_alerts(str(sink.url), [a.to_dict() for a in alerts], sink.timeout_s)
 
 
 def send(alerts: Sequence[Alert], sinks: Iterable[Sink]) -> list[Delivery]:

@@ -7,7 +7,9 @@
   latency p50/p99, error rate, drift PSI per feature; a regressor's predicted values),
   the registered versions with their aliases, what the model answered against training
   (a classifier's prediction mix; a regressor's prediction distribution and the share
-  of predictions outside the training target's range), drift per feature and the alerts;
+  of predictions outside the training target's range), drift per feature, the release
+  (the version on trial beside the champion, with each arm's requests, errors and
+  latency, and the last releases that ended) and the alerts;
 * `GET /api/summary` the same numbers as JSON (see `build_summary`);
 * `GET /fragment` the page's live part (charts and tables) alone, for the refresh;
 * `GET /healthz` "ok".
@@ -36,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import create_engine, inspect
@@ -62,14 +64,25 @@ from nbship.operate import sections
 from nbship.operate.alert_store import ALERTS_TABLE, AlertStore
 from nbship.operate.sections import Timeline, drift_verdict, when
 from nbship.operate.windows import served_task, window_bounds, window_metrics, window_row
-from nbship.prediction_log import read_log
-from nbship.registry.versions import CHAMPION, ModelVersion, Registry, RegistryError
+from nbship.prediction_log import SHADOW_KIND, read_log
+from nbship.registry.versions import (
+    CHAMPION,
+    SHADOW,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    Release,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 DEFAULT_WINDOW = timedelta(minutes=5)
 DEFAULT_PERIOD = timedelta(hours=24)
 DEFAULT_REFRESH_SECONDS = 30.0
+ENDED_RELEASES = 5  # the ended releases the page lists, newest first
 CACHE_SECONDS = 5.0  # the page, its refresh and the JSON share one computation this long
 # Host headers answered (a DNS-rebinding page cannot read the dashboard through its name)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
@@ -219,15 +232,18 @@ def _gates(version: ModelVersion) -> str:
 
 def _versions(
     registry_url: str, model_name: str, problems: list[str]
-) -> tuple[list[ModelVersion], dict[str, str]]:
+) -> tuple[list[ModelVersion], dict[str, str], list[Release]]:
+    """The model's versions, aliases and releases (newest first; none in a registry made
+    before releases existed)."""
     try:
         with Registry(registry_url, create=False) as registry:
-            return registry.list(model_name), registry.aliases(model_name)
+            versions, aliases = registry.list(model_name), registry.aliases(model_name)
+            return versions, aliases, registry.releases(model_name)
     except RegistryError:  # no registry file yet: nothing registered
-        return [], {}
+        return [], {}, []
     except SQLAlchemyError as exc:
         problems.append(_problem("registry", registry_url, exc))
-        return [], {}
+        return [], {}, []
 
 
 def _profile(
@@ -292,6 +308,83 @@ def _regression_period(
     }
 
 
+def _arm(rows: pd.DataFrame, tag: str, min_rows: int, task: str) -> dict[str, Any]:
+    """The rows of one version as the period's numbers count them (`window_metrics`):
+    requests, errors, error_rate and latency_p99_ms (None under `min_rows`)."""
+    metrics = window_metrics(rows, None, min_rows=min_rows, task=task)
+    keys = ("requests", "errors", "error_rate", "latency_p99_ms")
+    return {"tag": tag, **{key: metrics[key] for key in keys}}
+
+
+def _release_summary(
+    releases: Sequence[Release],
+    log: pd.DataFrame,
+    *,
+    log_url: str,
+    until: datetime,
+    since: datetime,
+    min_rows: int,
+    task: str,
+    problems: list[str],
+) -> dict[str, Any]:
+    """The `release` entry of the summary (see `build_summary`)."""
+    import pandas as pd
+
+    running = next((r for r in releases if r.active), None)
+    ended = [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "tag": r.tag,
+            "champion_tag": r.champion_tag,
+            "share": r.share,
+            "started_at": r.started_at,
+            "ended_at": r.ended_at,
+            "outcome": r.outcome,
+            "end_reason": r.end_reason,
+            "end_actor": r.end_actor,
+        }
+        for r in releases
+        if not r.active
+    ][:ENDED_RELEASES]
+    if running is None:
+        return {"active": None, "ended": ended}
+
+    counted = max(since, running.started_at)  # its own answers only, within the period
+    rows = log[log["ts"] >= pd.Timestamp(counted)]
+    arms = {
+        arm: _arm(rows[rows["model_tag"] == tag], tag, min_rows, task)
+        for arm, tag in zip(running.arms, (running.champion_tag, running.tag), strict=True)
+    }
+    shadow: dict[str, Any] | None = None
+    if running.kind == SHADOW:
+        try:
+            logged = read_log(
+                log_url, since=counted, until=until, kind=SHADOW_KIND, model_tag=running.tag
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            problems.append(_problem("prediction log (shadow rows)", log_url, exc))
+            logged = read_log("sqlite:///:memory:")
+        # a shadow row is measured as a request would be: `window_metrics` counts "predict"
+        shadow = _arm(logged.assign(kind="predict"), running.tag, min_rows, task)
+    return {
+        "active": {
+            "id": running.id,
+            "kind": running.kind,
+            "tag": running.tag,
+            "champion_tag": running.champion_tag,
+            "share": running.share,
+            "started_at": running.started_at,
+            "actor": running.actor,
+            "reason": running.reason,
+            "counted_since": counted,
+            "arms": arms,
+            "shadow": shadow,
+        },
+        "ended": ended,
+    }
+
+
 def build_summary(
     *,
     registry_url: str,
@@ -326,15 +419,22 @@ def build_summary(
     under min_rows}); `latest` (the current window's row); `drift` (source
     "given"/"champion"/None, `latest` {window_start, window_end, features} of the newest
     window with enough rows or None, `period` {feature: kind, n, psi, pvalue,
-    enough_rows, drifted}, drifted_count); `alerts` (Alert.to_dict() of the period, None
-    when there is no alert store) and `problems` (sources that could not be read).
-    Rates, quantiles and drift are None under `min_rows`, as in the alert rules."""
+    enough_rows, drifted}, drifted_count); `release` (`active`: None, or the running
+    release's id, kind, tag, champion_tag, share, started_at, actor, reason,
+    counted_since (its start, or the period's when it started before), `arms` {arm name
+    (`Release.arms`): tag, requests, errors, error_rate, latency_p99_ms of the requests
+    that tag answered since then} and `shadow` (a shadow release's: the same numbers of
+    its shadow rows; else None); `ended`: the last ENDED_RELEASES ended releases, newest
+    first: id, kind, tag, champion_tag, share, started_at, ended_at, outcome,
+    end_reason, end_actor); `alerts` (Alert.to_dict() of the period, None when there is
+    no alert store) and `problems` (sources that could not be read). Rates, quantiles
+    and drift are None under `min_rows`, as in the alert rules."""
     now = utc(now or datetime.now(UTC))
     bounds = window_bounds(now - period, now, window)
     since, until = bounds[0][0], bounds[-1][1]
     problems: list[str] = []
 
-    versions, aliases = _versions(registry_url, model_name, problems)
+    versions, aliases, releases = _versions(registry_url, model_name, problems)
     by_tag: dict[str, list[str]] = {}
     for alias, tag in sorted(aliases.items()):
         by_tag.setdefault(tag, []).append(alias)
@@ -391,6 +491,11 @@ def build_summary(
                 alerts = [a.to_dict() for a in store.alerts(since, until)]
     except SQLAlchemyError as exc:
         problems.append(_problem("alert store", alert_db, exc))
+
+    release = _release_summary(
+        releases, log, log_url=log_url, since=since, until=until, min_rows=min_rows,
+        task=task, problems=problems,
+    )  # fmt: skip
 
     def version_row(v: ModelVersion) -> dict[str, Any]:
         return {
@@ -452,6 +557,7 @@ def build_summary(
             "period": _drift_rows(whole["drift"]),
             "drifted_count": whole["drifted_features"],
         },
+        "release": release,
         "alerts": alerts,
         "problems": problems,
     }
@@ -577,6 +683,81 @@ def _drift_section(summary: Mapping[str, Any], min_rows: int) -> str:
     return page.note(note) + page.table(header, rows, table_id="drift")
 
 
+# how an ended release's outcome shows: kept, undone by a guard rail, or ended otherwise
+_OUTCOME_BADGES = {"promoted": "pass", "rolled_back": "fail"}
+_SHARE_TEXT = {
+    "shadow": "of the requests predicted off the request path (never answered)",
+    "canary": "of the requests answered by the canary",
+    "ab": "of the requests answered by arm b",
+}
+
+
+def _ms(value: Any) -> page.Num | None:
+    return None if value is None else page.Num(page.escape(_show(value, "ms")))
+
+
+def _release_section(summary: Mapping[str, Any]) -> str:
+    active, ended = summary["release"]["active"], summary["release"]["ended"]
+    parts: list[str] = []
+    if active is None:
+        parts.append(f"<p>{page.badge('no release running', 'none')}</p>")
+    else:
+        kind = active["kind"]
+        share = f"{100 * float(active['share']):g}% {_SHARE_TEXT.get(kind, 'of the requests')}"
+        details = page.kv(
+            [
+                ("kind", page.badge(kind, "alias")),
+                ("on trial", page.code(active["tag"])),
+                ("beside the champion", page.code(active["champion_tag"])),
+                ("share", share),
+                ("started", when(active["started_at"])),
+                ("by", active["actor"]),
+                ("reason", active["reason"]),
+            ]
+        )
+        shown = dict(active["arms"])
+        if kind == SHADOW:  # it answers nothing: its numbers are those of its shadow rows
+            shown[SHADOW] = active["shadow"]
+        rows = [
+            (
+                arm,
+                page.code(n["tag"]),
+                n["requests"],
+                n["errors"],
+                sections.pct(n["error_rate"]),
+                _ms(n["latency_p99_ms"]),
+            )
+            for arm, n in shown.items()
+        ]
+        caption = (
+            f"Since {when(active['counted_since'])}; error rate and p99 from "
+            f"{summary['min_rows']} requests"
+            + ("; the shadow's are its predictions, never answered" if kind == SHADOW else "")
+        )
+        header = ("arm", "version", "requests", "errors", "error rate", "latency p99")
+        arms = page.table(header, rows, caption=caption, table_id="release-arms")
+        parts.append(f'<div id="release-active" data-kind="{page.escape(kind)}">{details}</div>')
+        parts.append(arms)
+    if ended:
+        rows = [
+            (
+                when(r["ended_at"]),
+                r["kind"],
+                page.code(r["tag"]),
+                page.badge(str(r["outcome"]), _OUTCOME_BADGES.get(str(r["outcome"]), "none")),
+                r["end_reason"],
+                r["end_actor"],
+            )
+            for r in ended
+        ]
+        header = ("ended", "kind", "version", "outcome", "reason", "by")
+        caption = f"The last {len(ended)} ended release(s)"
+        parts.append(page.table(header, rows, caption=caption, table_id="releases-ended"))
+    else:
+        parts.append(page.note("No release has ended yet."))
+    return "".join(parts)
+
+
 def _alerts_section(summary: Mapping[str, Any]) -> str:
     alerts = summary["alerts"]
     if alerts is None:
@@ -598,6 +779,7 @@ def _live(summary: Mapping[str, Any], psi_threshold: float) -> str:
             '<p id="no-traffic">no traffic yet: the prediction log has no request in the '
             "period.</p>"
         )
+    parts.append(page.section("release-section", "Release", _release_section(summary)))
     parts.append(page.section("versions-section", "Model versions", _versions_section(summary)))
     period = summary["period"]
     if summary.get("task") == "regression":

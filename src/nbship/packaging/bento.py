@@ -29,7 +29,15 @@ from typing import Any
 import yaml
 
 from nbship.common.artifacts import read_model
-from nbship.config import ENV_FILE, BentoSettings, PredictionLogSettings, read_raw, validate_section
+from nbship.config import (
+    ENV_FILE,
+    BentoSettings,
+    ConfigError,
+    PredictionLogSettings,
+    ReleaseSettings,
+    read_raw,
+    validate_section,
+)
 from nbship.packaging.dependencies import PackagingError, find_dependencies, stage_project_code
 from nbship.packaging.requirements import ServingRequirements, serving_requirements
 from nbship.pipeline.training import Features
@@ -286,6 +294,21 @@ def max_request_bytes(project: Path) -> int:
     return mb_to_bytes(bento.max_request_mb)
 
 
+def release_settings(project: Path, columns: list[str]) -> dict[str, Any]:
+    """env.yaml's `release:` for the server, with the webhooks of `monitoring.sinks` its
+    guard rails alert (the section's defaults for a folder without an env.yaml)."""
+    raw = read_raw(project) if (project / ENV_FILE).is_file() else {}
+    settings = validate_section(ReleaseSettings, raw.get("release") or {}, "release")
+    if settings.key_field is not None and settings.key_field not in columns:
+        raise ConfigError(
+            f"release.key_field: {settings.key_field!r} is not a request field"
+            f" (one of {', '.join(columns)})"
+        )
+    sinks = (raw.get("monitoring") or {}).get("sinks") or []
+    webhooks = [dict(s) for s in sinks if isinstance(s, dict) and s.get("type") == "webhook"]
+    return {**settings.model_dump(mode="json"), "webhooks": webhooks}
+
+
 def package_winner(
     *,
     model_path: str | Path,
@@ -414,6 +437,7 @@ def package_winner(
         "suite": f"expectations/{suite_path.name}",
         "max_batch": int(max_batch),
         "max_request_bytes": max_request_bytes(project),
+        "release": release_settings(project, columns),
         "metadata": metadata,
         # the server checks its own model against these before unpickling it, and asks
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEADER = b"x-request-id"
-# how the service writes an answer (serving.py): {"model":"<tag>","predictions":[...]}
+# the logged request being answered, as the route's code sees it: its id and headers (a
+# shadow model's answer is logged under that id; a release routes on a header)
+CURRENT_REQUEST: ContextVar[tuple[str, list[tuple[bytes, bytes]]] | None] = ContextVar(
+    "nbship_request", default=None
+)
+# how the service writes an answer (serving.py): {"model":"<tag>","predictions":[...]},
+# with "arm" between the two while a canary or A/B release runs
 ANSWER_HEAD = b'{"model":'
 ANSWER_SPLIT = b',"predictions":'
 # the key every answered record's object has, per task: counting it counts the records
@@ -62,9 +69,11 @@ def entry_for(
     `record_key` is the key of each answered record's object."""
     split = response_body.find(ANSWER_SPLIT) if response_body.startswith(ANSWER_HEAD) else -1
     if 200 <= status < 300 and split > 0 and response_body.endswith(b"}"):
+        # the head is small: {"model":"<tag>"} or {"model":"<tag>","arm":"canary"}
+        head = json.loads(response_body[:split] + b"}")
         return LogEntry(
             request_id=request_id, ts=started, kind=kind,
-            model_tag=json.loads(response_body[len(ANSWER_HEAD) : split]),
+            model_tag=head["model"],
             inputs=RawJSON(request_body),
             outputs=RawJSON(response_body[split + len(ANSWER_SPLIT) : -1]),
             latency_ms=latency_ms, status="ok", http_status=status,
@@ -117,6 +126,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
+        CURRENT_REQUEST.set((request_id, scope.get("headers") or []))
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         request_chunks: list[bytes] = []

@@ -1,0 +1,276 @@
+"""A release on one server (see nbship.registry.versions.Release): which arm answers a
+request, the shadow model's predictions off the request path, and the guard rails that
+roll a canary (or an A/B arm "b") back by themselves.
+
+Every server sharing a registry follows its release as it follows the champion (the
+Reloader in serving.service); what is here is what one server does with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import Counter
+
+from nbship.common.webhook import post_alerts
+from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry, PredictionLog
+from nbship.registry.versions import SHADOW, Release
+
+if TYPE_CHECKING:
+    from nbship.serving.service import ServedModel
+
+ARM_HEADER = "x-nbship-arm"
+# one more webhook for the guard rails' alerts, where the bento is served (env.yaml's
+# `monitoring.sinks` webhooks are the ones packaged)
+ALERT_WEBHOOK_ENV = "NBSHIP_ALERT_WEBHOOK"
+logger = logging.getLogger("bentoml.nbship.release")
+
+RELEASE_ANSWERS = Counter(
+    name="nbship_release_answers",
+    documentation="Requests answered while a release runs, by arm and model tag",
+    labelnames=["arm", "model_tag"],
+)
+SHADOW_PREDICTIONS = Counter(
+    name="nbship_shadow_predictions",
+    documentation="Requests given to the shadow model, by outcome (ok, error, dropped)",
+    labelnames=["outcome"],
+)
+
+
+@dataclass(frozen=True)
+class GuardRails:
+    window_seconds: float = 60.0
+    min_requests: int = 20
+    max_error_rate: float = 0.05
+    max_p99_ms: float | None = None
+    max_p99_ratio: float | None = 3.0
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """serving.json's "release" (env.yaml's `release:`, checked at packaging)."""
+
+    key_header: str = "x-nbship-key"
+    key_field: str | None = None
+    shadow_queue: int = 1000
+    guard: GuardRails = GuardRails()
+    webhooks: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any] | None) -> ReleaseConfig:
+        """From serving.json (a bento built before releases has none: the defaults)."""
+        raw = dict(raw or {})
+        guard = GuardRails(**(raw.pop("guard", None) or {}))
+        webhooks = tuple(raw.pop("webhooks", None) or ())
+        if url := os.environ.get(ALERT_WEBHOOK_ENV):
+            webhooks += ({"type": "webhook", "url": url},)
+        return cls(**raw, guard=guard, webhooks=webhooks)
+
+
+@dataclass(frozen=True)
+class ServedRelease:
+    """The running release and its version's model, loaded and verified."""
+
+    release: Release
+    model: ServedModel
+
+    @property
+    def splits_traffic(self) -> bool:
+        """Canary and A/B answer some requests; a shadow never does."""
+        return self.release.kind != SHADOW
+
+
+def takes_trial(release: Release, key: str | None) -> bool:
+    """Whether this request goes to the release's version: the same key always lands on
+    the same arm (hashed with the version's tag, so raising a canary's share keeps the
+    callers it already had); a request without a key is a random draw."""
+    if key is None:
+        return random.random() < release.share
+    digest = hashlib.blake2b(f"{release.tag}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < release.share
+
+
+class ArmWindow:
+    """One arm's answers over the last `seconds`: when, how long, whether it failed.
+    Appended on the event loop, read by the reloader thread (deque appends and pops
+    are atomic; a reader copies it first)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.events: deque[tuple[float, float, bool]] = deque()
+
+    def add(self, latency_ms: float, ok: bool) -> None:
+        now = time.monotonic()
+        self.events.append((now, latency_ms, ok))
+        while self.events and self.events[0][0] < now - self.seconds:
+            self.events.popleft()
+
+    def summary(self) -> dict[str, Any]:
+        cutoff = time.monotonic() - self.seconds
+        events = [e for e in list(self.events) if e[0] >= cutoff]
+        latencies = [ms for _, ms, _ in events]
+        errors = sum(1 for *_, ok in events if not ok)
+        return {
+            "requests": len(events),
+            "errors": errors,
+            "error_rate": errors / len(events) if events else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        }
+
+
+def breach(guard: GuardRails, trial: Mapping[str, Any], champion: Mapping[str, Any]) -> str | None:
+    """Why the trial arm must be rolled back (its window against the champion's), or None."""
+    n = trial["requests"]
+    if n < guard.min_requests:
+        return None
+    over = f"over its last {n} answers ({guard.window_seconds:g} s)"
+    if trial["error_rate"] > guard.max_error_rate:
+        return f"error rate {trial['error_rate']:.3f} > {guard.max_error_rate:g} {over}"
+    p99 = trial["p99_ms"]
+    if guard.max_p99_ms is not None and p99 > guard.max_p99_ms:
+        return f"p99 {p99:.1f} ms > {guard.max_p99_ms:g} ms {over}"
+    baseline = champion["p99_ms"]
+    if (
+        guard.max_p99_ratio is not None
+        and baseline
+        and champion["requests"] >= guard.min_requests
+        and p99 > guard.max_p99_ratio * baseline
+    ):
+        return (
+            f"p99 {p99:.1f} ms > {guard.max_p99_ratio:g} x the champion's {baseline:.1f} ms {over}"
+        )
+    return None
+
+
+def guard_alert(release: Release, reason: str, guard: GuardRails) -> dict[str, Any]:
+    """The rollback as an alert, in the shape `nbship monitor` sends (Alert.to_dict)."""
+    now = datetime.now(UTC)
+    return {
+        "rule": f"release_guard:{release.kind}",
+        "metric": "release_guard",
+        "op": "breach",
+        "value": 1.0,
+        "threshold": 0.0,
+        "window_start": (now - timedelta(seconds=guard.window_seconds)).isoformat(),
+        "window_end": now.isoformat(),
+        "created_at": now.isoformat(),
+        "message": f"{release.kind} of {release.tag} rolled back to {release.champion_tag}:"
+        f" {reason}",
+    }
+
+
+def send_alert(config: ReleaseConfig, alert: Mapping[str, Any]) -> list[str]:
+    """Posts the alert to every configured webhook; returns the failures, in words (a dead
+    webhook must not stop the rollback, which has already happened)."""
+    logger.error("ALERT %s", alert["message"])
+    failed = []
+    for sink in config.webhooks:
+        try:
+            post_alerts(str(sink["url"]), [alert], float(sink.get("timeout_s", 5.0)))
+        except Exception as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+            logger.warning("alert webhook failed: %s", failed[-1])
+    return failed
+
+
+# one shadowed request: the model, the request's id, its records
+_Shadowed = tuple["ServedModel", str, list[Any]]
+
+
+@dataclass
+class ShadowRunner:
+    """Runs the shadow model on requests the champion has answered, in a thread of its
+    own: `offer` never blocks (a full queue drops the request and counts it), and what
+    is queued together is predicted in one call. Each answer is a `shadow` row of the
+    prediction log beside the champion's row of the same request."""
+
+    predict: Callable[[ServedModel, list[Any]], list[dict[str, Any]]]
+    log: PredictionLog
+    capacity: int
+    max_rows: int
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "dropped": 0})
+
+    def __post_init__(self) -> None:
+        self.queue: queue.Queue[_Shadowed | None] = queue.Queue(self.capacity)
+        self.thread = threading.Thread(target=self.run, name="shadow", daemon=True)
+        self.thread.start()
+
+    def offer(self, model: ServedModel, request_id: str, records: list[Any]) -> None:
+        try:
+            self.queue.put_nowait((model, request_id, records))
+        except queue.Full:
+            self._count("dropped")
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "queued": self.queue.qsize()}
+
+    def stop(self) -> None:
+        # when full, the thread is a daemon: it ends with the process
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(None)
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
+        SHADOW_PREDICTIONS.labels(outcome=outcome).inc(n)
+
+    def run(self) -> None:
+        held: list[_Shadowed | None] = []  # taken from the queue, for the next batch
+        while True:
+            item = held.pop() if held else self.queue.get()
+            if item is None:  # stop()
+                return
+            batch, rows = [item], len(item[2])
+            # what else waits for the same model joins this call
+            while rows < self.max_rows:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or more[0] is not item[0]:
+                    held.append(more)
+                    break
+                batch.append(more)
+                rows += len(more[2])
+            self._predict(batch)
+
+    def _predict(self, batch: list[_Shadowed]) -> None:
+        model = batch[0][0]
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        try:
+            answers: list[dict[str, Any]] | None = self.predict(
+                model, [r for _, _, records in batch for r in records]
+            )
+            error = None
+        # a shadow model that fails is what a shadow release is there to find out
+        except Exception as exc:
+            answers, error = None, exc
+        ms = (time.perf_counter() - t0) * 1000 / len(batch)
+        start = 0
+        for _, request_id, records in batch:
+            outputs = None if answers is None else answers[start : start + len(records)]
+            start += len(records)
+            entry = LogEntry(
+                request_id=f"{request_id}{SHADOW_SUFFIX}", ts=started, kind=SHADOW_KIND,
+                model_tag=model.tag, inputs=None, outputs=outputs, latency_ms=ms,
+                status="ok" if error is None else "error",
+                http_status=200 if error is None else 500,
+                error_class=None if error is None else type(error).__name__,
+                error_message=None if error is None else str(error)[:2000],
+                n_records=len(records),
+            )  # fmt: skip
+            self.log.record(entry)
+        self._count("ok" if error is None else "error", len(batch))
