@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import yaml
 
 from benchmarks.serve import load, records
-from benchmarks.swap import built_copy
+from benchmarks.swap import following_server
 from nbship.registry.versions import Registry
-from tests.support import free_port, start, stop, wait_http, wait_until
+from tests.support import stop, wait_http, wait_until
 
 NAME = "penguins_classifier"
 
@@ -53,27 +49,8 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.2, help="the canary's share")
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="nbship-bench-release-"))
+    scratch, registry_url, url, first, second, server = following_server("nbship-bench-release-")
     project = scratch / "project"
-    env = {"BENTOML_HOME": str(scratch / "bentoml")}
-    first, second = built_copy(project, {**os.environ, **env})
-    registry_url = f"sqlite:///{project / 'registry.db'}"
-    with Registry(registry_url) as registry:
-        if registry.alias(NAME, "champion").tag != first:
-            registry.promote(first, actor="benchmark", reason="start", forced=True)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    server = start(
-        [bentoml, "serve", str(project / "bentos" / NAME), "--host", "127.0.0.1",
-         "--port", str(port)], scratch / "serve.log",
-        env={**env, "NBSHIP_REGISTRY_URL": registry_url, "NBSHIP_RELOAD_SECONDS": "0.2",
-             "NBSHIP_MODEL_STORE": str(project / "model-store"),
-             "NBSHIP_LOG_URL": f"sqlite:///{scratch / 'log.db'}",
-             "NBSHIP_LOG_SPOOL": str(scratch / "spool")},
-        cwd=project,
-    )  # fmt: skip
     phases = {}
     try:
         wait_http(f"{url}/readyz", server, timeout=120)

@@ -71,6 +71,32 @@ def run_state(project: Path, run_id: str, key: str = "state") -> str | None:
     return next((r.get(key) for r in runs(project) if r["run_id"] == run_id), "starting")
 
 
+def following_server(prefix: str) -> tuple[Path, str, str, str, str, subprocess.Popen[bytes]]:
+    """A scratch copy of the project built twice (`built_copy`) and one `bentoml serve` of
+    its published bento following its registry every 0.2 s, with a prediction log:
+    (scratch folder, registry URL, server URL, first tag (champion), second tag, server)."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    project = scratch / "project"
+    env = {"BENTOML_HOME": str(scratch / "bentoml")}
+    first, second = built_copy(project, {**os.environ, **env})
+    registry_url = f"sqlite:///{project / 'registry.db'}"
+    with Registry(registry_url) as registry:
+        if registry.alias("penguins_classifier", "champion").tag != first:
+            registry.promote(first, actor="benchmark", reason="start", forced=True)
+    port = free_port()
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    server = start(
+        [bentoml, "serve", str(project / "bentos" / "penguins_classifier"), "--host",
+         "127.0.0.1", "--port", str(port)], scratch / "serve.log",
+        env={**env, "NBSHIP_REGISTRY_URL": registry_url, "NBSHIP_RELOAD_SECONDS": "0.2",
+             "NBSHIP_MODEL_STORE": str(project / "model-store"),
+             "NBSHIP_LOG_URL": f"sqlite:///{scratch / 'log.db'}",
+             "NBSHIP_LOG_SPOOL": str(scratch / "spool")},
+        cwd=project,
+    )  # fmt: skip
+    return scratch, registry_url, f"http://127.0.0.1:{port}", first, second, server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -78,29 +104,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=1.0, help="seconds between swaps")
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="nbship-bench-swap-"))
+    scratch, registry_url, url, first, second, server = following_server("nbship-bench-swap-")
     project = scratch / "project"
-    env = {"BENTOML_HOME": str(scratch / "bentoml")}
-    full_env = {**os.environ, **env}
-    first, second = built_copy(project, full_env)
-    registry_url = f"sqlite:///{project / 'registry.db'}"
-    with Registry(registry_url) as registry:
-        if registry.alias("penguins_classifier", "champion").tag != first:
-            registry.promote(first, actor="benchmark", reason="start", forced=True)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
     log = scratch / "serve.log"
-    server = start(
-        [bentoml, "serve", str(project / "bentos" / "penguins_classifier"), "--host",
-         "127.0.0.1", "--port", str(port)], log,
-        env={**env, "NBSHIP_REGISTRY_URL": registry_url, "NBSHIP_RELOAD_SECONDS": "0.2",
-             "NBSHIP_MODEL_STORE": str(project / "model-store"),
-             "NBSHIP_LOG_URL": f"sqlite:///{scratch / 'log.db'}",
-             "NBSHIP_LOG_SPOOL": str(scratch / "spool")},
-        cwd=project,
-    )  # fmt: skip
     try:
         wait_http(f"{url}/readyz", server, timeout=120)
         columns = yaml.safe_load((project / "env.yaml").read_text())["features"]

@@ -133,6 +133,11 @@ class GuardSettings(Section):
     max_p99_ms: PositiveFloat | None = None  # an absolute bound on the trial's p99
     # the trial's p99 against the champion's, in the same window on the same server
     max_p99_ratio: PositiveFloat | None = 3.0
+    # checked on the prediction log by `nbship release check` (not by the servers): the
+    # trial's answers unlike the champion's on the same traffic (PSI, with a p-value
+    # under 0.01), and the always-valid test on labelled feedback finding it worse
+    max_answer_psi: PositiveFloat | None = 0.2
+    on_worse_metric: bool = True
 
 
 class ReleaseSettings(Section):

@@ -41,7 +41,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
 
 from nbship.tasks import MAX_INFERRED_CLASSES, TASKS
 
@@ -347,10 +346,15 @@ def _chi2_pvalue(reference: Sequence[float], live: Sequence[float]) -> float | N
         return 1.0
     if (table.sum(axis=1) == 0).any():
         return None
+    # scipy (~1 s) on first use: every nbship command imports this module (its defaults)
+    from scipy import stats
+
     return _number(float(stats.chi2_contingency(table, correction=False).pvalue))
 
 
 def _numeric_drift(feature: Mapping[str, Any], values: np.ndarray) -> dict[str, Any]:
+    from scipy import stats
+
     n = len(values)
     present = values[~np.isnan(values)]
     missing = n - present.size

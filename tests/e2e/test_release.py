@@ -246,8 +246,13 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     assert shadow_report["release"]["kind"] == "shadow"
     print(setup.nbship("release", "report"))
 
-    # canary at 0.2 over 1,000 requests: the canary's share is within a binomial bound
-    setup.nbship("release", "canary", setup.second, "--share", "0.2")
+    # canary at 0.2 over 1,000 requests (started through one server's admin route): the
+    # canary's share is within a binomial bound
+    body = {"kind": "canary", "tag": setup.second, "share": 0.2}
+    started = httpx.post(f"{a}/admin/release", json=body, headers=auth, timeout=30)
+    assert started.status_code == 200 and started.json()["release"]["kind"] == "canary"
+    refused = httpx.post(f"{a}/admin/release", json={**body, "share": 2}, headers=auth, timeout=30)
+    assert refused.status_code == 400 and "share 2" in refused.json()["detail"]
     assert followed(urls, setup.second, "canary")
     bodies = [(records[i % len(records)], None) for i in range(1000)]
     answers = asyncio.run(concurrent(urls, bodies))
@@ -267,7 +272,8 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     assert {next(iter(s)) for s in by_key.values()} == {"champion", "canary"}
 
     # a canary that fails: callers still get answers, the guard rail rolls it back
-    setup.nbship("release", "canary", broken, "--share", "0.5")
+    body = {"kind": "canary", "tag": broken, "share": 0.5}
+    assert httpx.post(f"{b}/admin/release", json=body, headers=auth, timeout=30).status_code == 200
     assert followed(urls, broken, "canary")
     started = time.monotonic()
     statuses = []
@@ -313,11 +319,15 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
                     statuses.append((await client.post("/predict", json=records[1])).status_code)
 
         tasks = [asyncio.create_task(load(u)) for u in urls for _ in range(2)]
-        for step in (("shadow", setup.second), ("canary", setup.second, "--share", "0.3"),
-                     ("ab", setup.second)):  # fmt: skip
-            await asyncio.to_thread(setup.nbship, "release", *step)
-            await asyncio.sleep(1.5)
-        await asyncio.to_thread(setup.nbship, "release", "abort", "-r", "done")
+        await asyncio.to_thread(setup.nbship, "release", "shadow", setup.second)
+        await asyncio.sleep(1.5)
+        async with httpx.AsyncClient(headers=auth, timeout=30) as admin:
+            for kind, share in (("canary", 0.3), ("ab", 0.5)):
+                body = {"kind": kind, "tag": setup.second, "share": share}
+                assert (await admin.post(f"{a}/admin/release", json=body)).status_code == 200
+                await asyncio.sleep(1.5)
+            ended = await admin.request("DELETE", f"{b}/admin/release", json={"reason": "done"})
+            assert ended.status_code == 200 and ended.json() == {"release": None}
         await asyncio.sleep(1.5)
         done.set()
         await asyncio.gather(*tasks)

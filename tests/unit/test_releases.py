@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from nbship.config import ConfigError
+from nbship.config import ConfigError, GuardSettings
 from nbship.packaging.bento import release_settings
 from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry
 from nbship.registry.versions import Registry, RegistryError, Release
 from nbship.serving.releases import (
     ArmWindow,
-    GuardRails,
     ReleaseConfig,
     ShadowRunner,
     breach,
@@ -123,7 +122,7 @@ def window(requests: int, errors: int, latency_ms: float) -> dict[str, Any]:
 
 
 def test_guard_rails_fire_on_errors_and_latency_only_once_there_is_evidence():
-    guard = GuardRails(min_requests=20, max_error_rate=0.05, max_p99_ratio=3.0, max_p99_ms=None)
+    guard = GuardSettings(min_requests=20, max_error_rate=0.05, max_p99_ratio=3.0, max_p99_ms=None)
     champion = window(100, 0, 10.0)
     assert breach(guard, window(19, 19, 10.0), champion) is None  # too few to say
     failing = breach(guard, window(40, 10, 10.0), champion)
@@ -131,7 +130,7 @@ def test_guard_rails_fire_on_errors_and_latency_only_once_there_is_evidence():
     slow = breach(guard, window(40, 0, 45.0), champion)
     assert slow is not None and "3 x the champion's 10.0 ms" in slow
     assert breach(guard, window(40, 1, 20.0), champion) is None
-    absolute = GuardRails(min_requests=5, max_p99_ms=30.0, max_p99_ratio=None)
+    absolute = GuardSettings(min_requests=5, max_p99_ms=30.0, max_p99_ratio=None)
     assert "p99 45.0 ms > 30 ms" in (breach(absolute, window(5, 0, 45.0), window(0, 0, 0)) or "")
 
 
@@ -221,7 +220,7 @@ def test_release_settings_come_from_env_yaml_and_name_a_bad_key(tmp_path: Path, 
     monkeypatch.setenv("NBSHIP_ALERT_WEBHOOK", "http://127.0.0.1:9/a")
     config = ReleaseConfig.from_config(settings)
     assert config.guard.min_requests == 5 and len(config.webhooks) == 2
-    assert ReleaseConfig.from_config(None).guard == GuardRails()  # a bento built before releases
+    assert ReleaseConfig.from_config(None).guard == GuardSettings()  # a bento built before releases
     unknown = r"release.key_field: 'island' is not a request field \(one of mass\)"
     with pytest.raises(ConfigError, match=unknown):
         release_settings(tmp_path, ["mass"])

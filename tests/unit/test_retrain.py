@@ -103,3 +103,12 @@ def test_one_build_at_a_time(project: Path):
         build_lock(project).__enter__()
     with build_lock(project):  # released when the first build ended
         pass
+
+
+def test_workflow_steps_run_together_but_never_beside_a_whole_build(project: Path):
+    # Argo runs independent steps (`nbship build --task`) at once on one shared volume
+    two_steps = (build_lock(project, shared=True), build_lock(project, shared=True))
+    with two_steps[0], two_steps[1], pytest.raises(BuildBusy):
+        build_lock(project).__enter__()
+    with build_lock(project), pytest.raises(BuildBusy):
+        build_lock(project, shared=True).__enter__()

@@ -132,6 +132,46 @@ def abort(project: Path, reason: str) -> None:
 
 @release.command()
 @PROJECT_OPTION
+@click.option("--every", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Check again every this many seconds, until stopped.")  # fmt: skip
+def check(project: Path, every: float | None) -> None:
+    """The guard rails on the prediction log of every server: a canary's (or arm b's)
+    answers unlike the champion's on the same traffic, or worse on labelled feedback
+    (env.yaml `release.guard`), roll it back and alert `monitoring.sinks`. The servers
+    check error rate and latency themselves."""
+    import socket
+    import time
+
+    from nbship.operate.alert_rules import parse_config
+    from nbship.operate.release_guard import check_release
+
+    loaded = load_project(project)
+    sinks = parse_config(loaded.config.monitoring).sinks
+    actor = f"nbship release check ({getpass.getuser()}@{socket.gethostname()})"
+    while True:
+        with project_registry(loaded) as registry:
+            result = check_release(registry, loaded.log_url(), _name(loaded),
+                                   loaded.config.release.guard, sinks, actor=actor)  # fmt: skip
+        if result.release is None:
+            click.echo(f"no release of {_name(loaded)} is running")
+        elif result.rolled_back:
+            click.echo(
+                f"rolled back release {result.release.id} ({result.release.kind} of"
+                f" {result.release.tag}): " + "; ".join(b.why for b in result.breaches)
+            )
+        else:
+            verdict = (result.report or {}).get("verdict") or "a shadow: nothing to guard"
+            click.echo(
+                f"release {result.release.id} ({result.release.kind} of"
+                f" {result.release.tag}) within its guard rails; {verdict}"
+            )
+        if every is None:
+            return
+        time.sleep(every)
+
+
+@release.command()
+@PROJECT_OPTION
 def status(project: Path) -> None:
     """The running release, and the last ones."""
     loaded = load_project(project)

@@ -44,6 +44,7 @@ import pandas as pd
 from scipy import stats
 
 from nbship import tasks
+from nbship.drift import DEFAULT_MIN_ROWS, psi
 from nbship.prediction_log import FEEDBACK_KIND, SHADOW_KIND, SHADOW_SUFFIX, read_log
 from nbship.registry.versions import SHADOW, Release
 
@@ -137,6 +138,45 @@ def _traffic(frame: pd.DataFrame, tag: str) -> dict[str, Any]:
         "latency_p50_ms": _quantile(ok["latency_ms"], 0.5),
         "latency_p99_ms": _quantile(ok["latency_ms"], 0.99),
     }
+
+
+def _answer_values(frame: pd.DataFrame, classification: bool) -> list[Any]:
+    key = "label" if classification else "prediction"
+    return [
+        a.get(key)
+        for outputs in frame.loc[frame["status"] == "ok", "outputs"]
+        for a in _answers(outputs)
+        if isinstance(a, Mapping) and a.get(key) is not None
+    ]
+
+
+def answer_drift(
+    frames: Mapping[str, pd.DataFrame], classification: bool, bins: int = 10
+) -> dict[str, Any]:
+    """How differently the two arms answer the same traffic: PSI of the trial's answers
+    against the champion's (predicted classes, or the champion's deciles of predicted
+    values) and the p-value of chi-squared (classes) or Kolmogorov-Smirnov (values);
+    None below `DEFAULT_MIN_ROWS` answers on either side."""
+    champion, trial = (_answer_values(f, classification) for f in frames.values())
+    result: dict[str, Any] = {"answers": [len(champion), len(trial)], "psi": None, "pvalue": None}
+    if min(len(champion), len(trial)) < DEFAULT_MIN_ROWS:
+        return result
+    if classification:
+        labels = sorted({str(v) for v in champion} | {str(v) for v in trial})
+        counts = np.array(
+            [[sum(str(v) == c for v in side) for c in labels] for side in (champion, trial)]
+        )
+        table = counts.astype(float)
+        pvalue = 1.0 if len(labels) < 2 else float(stats.chi2_contingency(table).pvalue)
+    else:
+        a, b = np.asarray(champion, dtype=float), np.asarray(trial, dtype=float)
+        edges = np.unique(np.quantile(a, np.linspace(0, 1, bins + 1))[1:-1])
+        counts = np.array(
+            [np.bincount(np.searchsorted(edges, x), minlength=len(edges) + 1) for x in (a, b)]
+        )
+        pvalue = float(stats.ks_2samp(a, b).pvalue)
+    result.update(psi=psi(counts[0], counts[1]), pvalue=pvalue)
+    return result
 
 
 # shadow ----------------------------------------------------------------------------------
@@ -504,6 +544,7 @@ def report(
         "feedback": None,
         "test": None,
         "verdict": None,
+        "answer_drift": answer_drift(frames, classification),
     }
     if release.kind == SHADOW:
         result["shadow"] = _shadow(frames[first], frames[second], classification, top)
@@ -581,6 +622,12 @@ def render(report: dict[str, Any]) -> str:
             for name, a in report["arms"].items()
         ],
     )  # fmt: skip
+    drift = report.get("answer_drift") or {}
+    if drift.get("psi") is not None:
+        lines.append(
+            f"  answers unlike the champion's: PSI {drift['psi']:.3f},"
+            f" p = {_p(drift['pvalue'])} ({drift['answers'][0]} vs {drift['answers'][1]})"
+        )
     shadow = report.get("shadow")
     if shadow is not None:
         lines += ["", "shadow against champion"]

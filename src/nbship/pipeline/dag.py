@@ -185,15 +185,18 @@ class BuildBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def build_lock(project_dir: Path) -> Iterator[None]:
+def build_lock(project_dir: Path, shared: bool = False) -> Iterator[None]:
     """Held for a whole build: two runs writing the same products would mix them. The
-    kernel drops the lock with its process, so a killed build never blocks the next."""
+    kernel drops the lock with its process, so a killed build never blocks the next.
+    `shared`: one task of an exported workflow (`build_task`); independent steps run at
+    the same time, as Argo runs them, each writing only its own products, while a whole
+    build still excludes them all."""
     path = project_dir / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise BuildBusy(f"another build of {project_dir} is running (pid {holder})") from None
@@ -419,7 +422,7 @@ def build_task(project_dir: str | Path, name: str) -> None:
     project_dir = Path(project_dir).resolve()
     from ploomber.executors import Serial
 
-    with build_lock(project_dir), _in(project_dir):
+    with build_lock(project_dir, shared=True), _in(project_dir):
         dag = load_dag(project_dir)
         if name not in dag:
             raise KeyError(f"no task {name!r} in {PIPELINE_FILE} (tasks: {', '.join(dag)})")

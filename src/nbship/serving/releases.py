@@ -26,6 +26,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from nbship.common.webhook import post_alerts
+from nbship.config import GuardSettings, ReleaseSettings
 from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry, PredictionLog
 from nbship.registry.versions import SHADOW, Release
 
@@ -51,33 +52,25 @@ SHADOW_PREDICTIONS = Counter(
 
 
 @dataclass(frozen=True)
-class GuardRails:
-    window_seconds: float = 60.0
-    min_requests: int = 20
-    max_error_rate: float = 0.05
-    max_p99_ms: float | None = None
-    max_p99_ratio: float | None = 3.0
-
-
-@dataclass(frozen=True)
 class ReleaseConfig:
-    """serving.json's "release" (env.yaml's `release:`, checked at packaging)."""
+    """serving.json's "release": env.yaml's `release:` (checked at packaging, one
+    schema: nbship.config) and the webhooks its guard rails alert."""
 
-    key_header: str = "x-nbship-key"
-    key_field: str | None = None
-    shadow_queue: int = 1000
-    guard: GuardRails = GuardRails()
+    settings: ReleaseSettings
     webhooks: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def guard(self) -> GuardSettings:
+        return self.settings.guard
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any] | None) -> ReleaseConfig:
         """From serving.json (a bento built before releases has none: the defaults)."""
         raw = dict(raw or {})
-        guard = GuardRails(**(raw.pop("guard", None) or {}))
         webhooks = tuple(raw.pop("webhooks", None) or ())
         if url := os.environ.get(ALERT_WEBHOOK_ENV):
             webhooks += ({"type": "webhook", "url": url},)
-        return cls(**raw, guard=guard, webhooks=webhooks)
+        return cls(ReleaseSettings.model_validate(raw), webhooks)
 
 
 @dataclass(frozen=True)
@@ -131,7 +124,9 @@ class ArmWindow:
         }
 
 
-def breach(guard: GuardRails, trial: Mapping[str, Any], champion: Mapping[str, Any]) -> str | None:
+def breach(
+    guard: GuardSettings, trial: Mapping[str, Any], champion: Mapping[str, Any]
+) -> str | None:
     """Why the trial arm must be rolled back (its window against the champion's), or None."""
     n = trial["requests"]
     if n < guard.min_requests:
@@ -155,7 +150,7 @@ def breach(guard: GuardRails, trial: Mapping[str, Any], champion: Mapping[str, A
     return None
 
 
-def guard_alert(release: Release, reason: str, guard: GuardRails) -> dict[str, Any]:
+def guard_alert(release: Release, reason: str, guard: GuardSettings) -> dict[str, Any]:
     """The rollback as an alert, in the shape `nbship monitor` sends (Alert.to_dict)."""
     now = datetime.now(UTC)
     return {

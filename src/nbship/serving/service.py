@@ -818,7 +818,7 @@ class ModelServer:
         # the shadow's answers are rows of the log: no log, no shadow
         self.shadow = (
             None if self.log is None else ShadowRunner(
-                self.predictions_of, self.log, self.release_config.shadow_queue,
+                self.predictions_of, self.log, self.release_config.settings.shadow_queue,
                 config["max_batch"],
             )
         )  # fmt: skip
@@ -856,7 +856,7 @@ class ModelServer:
         }  # fmt: skip
         if running.splits_traffic:
             info["arms"] = dict(zip(release.arms, (w.summary() for w in self.windows), strict=True))
-            info["guard"] = vars(self.guard)
+            info["guard"] = self.guard.model_dump()
         else:
             off = "off: the prediction log is off"
             info["shadow"] = self.shadow.stats() if self.shadow else off
@@ -899,11 +899,11 @@ class ModelServer:
         """What keeps a caller on one arm: the configured header, else the configured
         field of the request's first record, else nothing (a random draw)."""
         current = CURRENT_REQUEST.get()
-        name = self.release_config.key_header.lower().encode()
+        name = self.release_config.settings.key_header.lower().encode()
         for header, sent in current[1] if current else ():
             if header == name:
                 return sent.decode("latin-1")
-        field = self.release_config.key_field
+        field = self.release_config.settings.key_field
         value = getattr(records[0], field, None) if field else None
         return None if value is None else str(value)
 
