@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.serve import load, records
+from benchmarks.serve import load, records, source_rows
 from nbship.deploy.container import (
     ContainerSettings,
     base_image_ref,
@@ -75,7 +75,7 @@ def main() -> None:
     base_mb = inspect(base_image_ref(settings), settings)["Size"] / 1e6
     ready = [ready_time(image, settings) for _ in range(3)]
 
-    rows = records(config["columns"], args.requests)
+    rows = records(source_rows(PROJECT, config["columns"]), args.requests)
     results: dict[str, dict[int, dict]] = {}
     port = free_port()
     container_id = run_container(image, port, settings)

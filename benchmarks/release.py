@@ -2,13 +2,15 @@
 predicting every request, and with a canary answering a share of them, on one server in
 one run.
 
-    uv run python -m benchmarks.release [--requests 3000] [--concurrency 8] [--share 0.2]
+    uv run python -m benchmarks.release [--requests 2000] [--concurrency 8] [--share 0.2]
+                                        [--rounds 3]
 
 A throwaway copy of the project is built twice (benchmarks.swap), so its registry holds
 two versions of one model. One `bentoml serve` of the published bento follows the
 registry (every 0.2 s); the same load (single records, keep-alive connections) runs with
-no release, with the second version as a shadow of every request, and as a canary.
-Prints req/s, p50 and p99 per phase and the ratios to the steady phase. The target: a
+no release, with the second version as a shadow of every request, and as a canary, in
+`--rounds` interleaved rounds (the machine's drift hits every phase alike). Prints the
+median req/s, p50 and p99 per phase and their ratios to the steady phase. The target: a
 shadow costs the champion's p99 at most 1.3x. Shadow answers logged vs dropped say
 whether the shadow kept up.
 """
@@ -18,12 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import time
+import statistics
 
 import httpx
 import yaml
 
-from benchmarks.serve import load, records
+from benchmarks.serve import load, records, source_rows
 from benchmarks.swap import following_server
 from nbship.registry.versions import Registry
 from tests.support import stop, wait_http, wait_until
@@ -44,48 +46,58 @@ def follow(url: str, kind: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--share", type=float, default=0.2, help="the canary's share")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of phases")
     args = parser.parse_args()
 
     scratch, registry_url, url, first, second, server = following_server("nbship-bench-release-")
     project = scratch / "project"
-    phases = {}
+    canary = f"canary {args.share:.0%}"
+    runs: dict[str, list[dict[str, float]]] = {"steady": [], "with shadow": [], canary: []}
     try:
         wait_http(f"{url}/readyz", server, timeout=120)
         columns = yaml.safe_load((project / "env.yaml").read_text())["features"]
-        rows = records([*columns["numeric"], *columns["categorical"]], args.requests)
+        features = [*columns["numeric"], *columns["categorical"]]
+        rows = records(source_rows(project, features), args.requests)
         asyncio.run(load(url, rows[:300], args.concurrency))  # warm-up
-        phases["steady"] = asyncio.run(load(url, rows, args.concurrency))
-        with Registry(registry_url) as registry:
-            registry.start_release(second, "shadow", 1.0, actor="benchmark", reason="bench")
+        # the phases interleaved, `rounds` times: the machine's drift hits them all alike
+        for _ in range(args.rounds):
+            runs["steady"].append(asyncio.run(load(url, rows, args.concurrency)))
+            with Registry(registry_url) as registry:
+                registry.start_release(second, "shadow", 1.0, actor="benchmark", reason="b")
+            follow(url, "shadow")
+            runs["with shadow"].append(asyncio.run(load(url, rows, args.concurrency)))
+            with Registry(registry_url) as registry:
+                registry.start_release(second, "canary", args.share, actor="benchmark",
+                                       reason="b")  # fmt: skip
+            follow(url, "canary")
+            runs[canary].append(asyncio.run(load(url, rows, args.concurrency)))
+            with Registry(registry_url) as registry:
+                registry.end_release(NAME, "aborted", actor="benchmark", reason="done")
+            follow(url, None)
+        with Registry(registry_url) as registry:  # the last shadow's counters
+            registry.start_release(second, "shadow", 1.0, actor="benchmark", reason="b")
         follow(url, "shadow")
-        asyncio.run(load(url, rows[:300], args.concurrency))  # the shadow model warms up
-        phases["with shadow"] = asyncio.run(load(url, rows, args.concurrency))
-        time.sleep(1)  # what the shadow still had queued
         shadow = httpx.get(f"{url}/info", timeout=10).json()["release"]["shadow"]
-        with Registry(registry_url) as registry:
-            registry.start_release(second, "canary", args.share, actor="benchmark", reason="b")
-        follow(url, "canary")
-        phases[f"canary {args.share:.0%}"] = asyncio.run(load(url, rows, args.concurrency))
-        with Registry(registry_url) as registry:
-            registry.end_release(NAME, "aborted", actor="benchmark", reason="done")
-        follow(url, None)
-        phases["steady again"] = asyncio.run(load(url, rows, args.concurrency))
     finally:
         stop(server)
+    phases = {
+        name: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for name, results in runs.items()
+    }
     steady = phases["steady"]
     print(f"champion {first}, release {second}; {args.requests} requests per phase, "
-          f"c={args.concurrency}")  # fmt: skip
+          f"c={args.concurrency}, medians of {args.rounds} interleaved rounds")  # fmt: skip
     print(f"{'phase':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'fail':>6}"
           f"{'p99 ÷ steady':>14}{'req/s ÷ steady':>16}")  # fmt: skip
     for name, r in phases.items():
         print(f"{name:<14}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-              f"{r['failures']:>6}{r['p99_ms'] / steady['p99_ms']:>14.2f}"
+              f"{r['failures']:>6.0f}{r['p99_ms'] / steady['p99_ms']:>14.2f}"
               f"{r['rps'] / steady['rps']:>16.2f}")  # fmt: skip
-    print(f"shadow: {shadow['ok']} answers logged, {shadow['dropped']} dropped (queue full),"
-          f" {shadow['error']} errors")  # fmt: skip
+    print(f"shadow (cumulative): {shadow['ok']} answers logged, {shadow['dropped']} dropped"
+          f" (queue full), {shadow['error']} errors")  # fmt: skip
     ratio = phases["with shadow"]["p99_ms"] / steady["p99_ms"]
     print(f"p99 with a shadow ÷ steady: {ratio:.2f} (target <= 1.3)")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.serve import load, records
+from benchmarks.serve import load, records, source_rows
 from nbship.registry.versions import Registry
 from tests.support import copy_sources, free_port, start, stop, wait_http
 
@@ -110,7 +110,8 @@ def main() -> None:
     try:
         wait_http(f"{url}/readyz", server, timeout=120)
         columns = yaml.safe_load((project / "env.yaml").read_text())["features"]
-        rows = records([*columns["numeric"], *columns["categorical"]], args.requests)
+        features = [*columns["numeric"], *columns["categorical"]]
+        rows = records(source_rows(project, features), args.requests)
         asyncio.run(load(url, rows[:300], args.concurrency))  # warm-up
         steady = asyncio.run(load(url, rows, args.concurrency))
         swaps_before = log.read_text().count("now serving")
