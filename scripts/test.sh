@@ -14,4 +14,4 @@ uv run ruff format --check .
 uv run lint-imports --no-cache
 uv run mypy
 # two workers (pytest-xdist); tests sharing a session build stay together (tests/conftest.py)
-uv run pytest -n 2 --dist loadgroup "$@"
+uv run pytest -n 2 --dist loadgroup --durations=25 "$@"

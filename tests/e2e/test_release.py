@@ -21,12 +21,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.dummy import DummyClassifier
 
 from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, read_log, url_for_sqlite
 from nbship.project import Project as NbshipProject
 from nbship.registry import model_store
 from nbship.registry.versions import Registry
-from tests.conftest import WorseBuild
+from tests.conftest import Project
 from tests.release_models import Broken, Sleepy
 from tests.support import PROJECT, free_port, start, stop, wait_http, wait_until
 
@@ -59,11 +60,13 @@ class Receiver:
 
 
 class Setup:
-    def __init__(self, build: WorseBuild, tmp: Path, receiver: Receiver) -> None:
-        self.project = build.project
+    """A copy of the built project, its champion `first`, and `second`: a baseline model
+    (scikit-learn's DummyClassifier, far worse) registered beside it."""
+
+    def __init__(self, project: Project, tmp: Path, receiver: Receiver) -> None:
+        self.project = project
         self.tmp = tmp
-        self.first = build.champion["model_tag"]
-        self.second = build.challenger["model_tag"]
+        self.first = project.summary["model_tag"]
         self.registry_url = f"sqlite:///{self.project.path / 'registry.db'}"
         self.store = str(self.project.path / "model-store")
         self.log_url = url_for_sqlite(tmp / "log.db")
@@ -84,6 +87,9 @@ class Setup:
               for c in columns}, str(r["species"]))
             for r in complete.to_dict("records")
         ]  # fmt: skip
+        train = pd.DataFrame([r for r, _ in self.rows])
+        self.dummy = DummyClassifier().fit(train, [label for _, label in self.rows])
+        self.second = self.register(self.dummy, "baseline")
 
     def nbship(self, *args: str) -> str:
         done = self.cli.run(*args)
@@ -91,14 +97,14 @@ class Setup:
         return done.stdout
 
     def register(self, model: Any, candidate: str) -> str:
-        """Registers `model` as a new version shaped like the challenger (same features),
+        """Registers `model` as a new version shaped like the champion (same features),
         pushed to the shared store: as a build would, minus the gates."""
         import bentoml
 
         tag = str(bentoml.sklearn.save_model(NAME, model).tag)
         artifact = model_store.push(tag, self.store)
         with Registry(self.registry_url) as registry:
-            like = registry.get(self.second).extra
+            like = registry.get(self.first).extra
             keep = ("features", "task", "classes", "target")
             registry.register(
                 tag, {"candidate": candidate, "artifact": artifact, **{k: like[k] for k in keep}}
@@ -182,9 +188,9 @@ def stored(setup: Setup, ids: list[str], kind: str) -> pd.DataFrame | None:
 
 
 @pytest.fixture
-def servers(worse_build: WorseBuild, tmp_path: Path) -> Iterator[tuple[Setup, list[str]]]:
+def servers(built_project: Project, tmp_path: Path) -> Iterator[tuple[Setup, list[str]]]:
     receiver = Receiver()
-    setup = Setup(worse_build.copy_to(tmp_path / "project"), tmp_path, receiver)
+    setup = Setup(built_project.copy_to(tmp_path / "project"), tmp_path, receiver)
     setup.receiver = receiver  # type: ignore[attr-defined]
     urls, procs = serve(setup, 2)
     try:
@@ -205,11 +211,7 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
 
     # a shadow that sleeps 50 ms a call never slows the champion's answers
     steady = latencies(a, (records * 5)[:150])
-    train = pd.DataFrame([r for r, _ in setup.rows])
-    from sklearn.dummy import DummyClassifier
-
-    dummy = DummyClassifier().fit(train, [label for _, label in setup.rows])
-    sleepy = setup.register(Sleepy(dummy, 0.05), "sleepy")
+    sleepy = setup.register(Sleepy(setup.dummy, 0.05), "sleepy")
     setup.nbship("release", "shadow", sleepy)
     assert followed(urls, sleepy, "shadow")
     shadowed = latencies(a, (records * 5)[:150])
@@ -219,7 +221,7 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     assert med1 < med0 + 25 and p99[1] < 1.5 * p99[0] + 30, (med0, med1, p99)
 
     # a shadow that raises: every answer is still the champion's, its errors are logged
-    broken = setup.register(Broken(list(dummy.classes_)), "broken")
+    broken = setup.register(Broken(list(setup.dummy.classes_)), "broken")
     setup.nbship("release", "shadow", broken)
     assert followed(urls, broken, "shadow")
     answers = [post(urls[i % 2], records[i]) for i in range(20)]

@@ -25,7 +25,7 @@ from nbship.batch import files, run, scorer, screen
 from nbship.batch.scorer import BatchError, Scorer
 from nbship.pipeline.contract import Contract, load_suite, record_model
 from nbship.project import LOG_URL_ENV, REGISTRY_URL_ENV
-from nbship.serving import service
+from nbship.serving import following, service
 from nbship.serving.compiled import compile_and_verify
 from tests.unit.test_service import CONFIG, SUITE, bento_src
 from tests.unit.test_serving_regression import bentoml_request_metrics, serve
@@ -96,7 +96,7 @@ def bento(
 
     def own(config: dict[str, Any]) -> service.ServedModel:
         served = service.ServedModel(config["model_tag"], classifier, "bento", "test", {})
-        return service.with_plan(served, config.get("compiled"), config["columns"])
+        return following.with_plan(served, config.get("compiled"), config["columns"])
 
     monkeypatch.setattr(service, "resolve_model", own)
     monkeypatch.setattr(scorer, "resolve_model", own)

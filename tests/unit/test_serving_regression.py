@@ -24,7 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from nbship.prediction_log import read_log, url_for_sqlite
 from nbship.project import LOG_SPOOL_ENV, LOG_URL_ENV, REGISTRY_URL_ENV
-from nbship.serving import service
+from nbship.serving import following, service
 from nbship.serving.compiled import compile_and_verify
 from nbship.tasks import REGRESSION
 from tests.unit.test_service import CONFIG, RECORD, bento_src
@@ -111,7 +111,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, regressor: Pipeline
         served = service.ServedModel(
             config["model_tag"], regressor, "bento", "test", config["metadata"]
         )
-        return service.with_plan(
+        return following.with_plan(
             served, config.get("compiled"), config["columns"], service.config_task(config)
         )
 
@@ -292,12 +292,12 @@ def test_the_regression_parts_read_no_classes(tmp_path: Path):
 def test_a_plan_of_another_task_is_not_attached(regressor: Pipeline, train: Any):
     _, report = compile_and_verify(regressor, COLUMNS, [train[0]])
     served = service.ServedModel("m:1", regressor, "bento", "test", {})
-    wrong = service.with_plan(served, report, COLUMNS, service.config_task({}))
+    wrong = following.with_plan(served, report, COLUMNS, service.config_task({}))
     assert wrong.plan is None
     assert wrong.inference == (
         "scikit-learn (the plan does regression, the bento serves classification)"
     )
-    right = service.with_plan(served, report, COLUMNS, REGRESSION)
+    right = following.with_plan(served, report, COLUMNS, REGRESSION)
     assert right.plan is not None and right.inference.startswith("numpy plan")
 
 

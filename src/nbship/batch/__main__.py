@@ -13,7 +13,7 @@ from pathlib import Path
 from nbship.batch.run import DEFAULT_CHUNK_ROWS, predict_file
 from nbship.batch.scorer import BatchError, Scorer
 from nbship.registry.model_store import MissingArtifactError, TamperedArtifactError
-from nbship.serving.service import RefusedModel
+from nbship.serving.following import RefusedModel
 
 
 def main(argv: list[str] | None = None) -> int:

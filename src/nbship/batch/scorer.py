@@ -1,6 +1,6 @@
 """The model a batch run scores with, and one chunk scored.
 
-The model is chosen and loaded by the service's own code (`nbship.serving.service`): the
+The model is chosen and loaded by the service's own code (`nbship.serving.following`): the
 registry's champion when it can be loaded and verified, else the bento's own model, or a
 registered version by tag; its compiled plan is attached when packaging verified it. A
 chunk is predicted the way `ModelServer.proba` / `.values` predict a request: the plan on
@@ -21,14 +21,8 @@ from pydantic import BaseModel
 
 from nbship.batch.screen import REJECT_SCHEMA, screen
 from nbship.pipeline.contract import Contract, load_suite, record_model
-from nbship.serving.service import (
-    ServedModel,
-    config_task,
-    load_champion,
-    load_config,
-    one_per_row,
-    resolve_model,
-)
+from nbship.serving.following import ServedModel, config_task, load_champion, resolve_model
+from nbship.serving.service import load_config, one_per_row
 from nbship.tasks import Task
 
 ROW_COLUMN = "row"  # the row's index in the input, in the output as in the rejects

@@ -50,7 +50,7 @@ def predict(
     from nbship.batch.run import predict_file
     from nbship.batch.scorer import BatchError, Scorer
     from nbship.registry.model_store import MissingArtifactError, TamperedArtifactError
-    from nbship.serving.service import RefusedModel
+    from nbship.serving.following import RefusedModel
 
     loaded = load_project(project)
     settings = loaded.config.batch

@@ -3,7 +3,7 @@ request, the shadow model's predictions off the request path, and the guard rail
 roll a canary (or an A/B arm "b") back by themselves.
 
 Every server sharing a registry follows its release as it follows the champion (the
-Reloader in serving.service); what is here is what one server does with it.
+Reloader in serving.following); what is here is what one server does with it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry, Predicti
 from nbship.registry.versions import SHADOW, Release
 
 if TYPE_CHECKING:
-    from nbship.serving.service import ServedModel
+    from nbship.serving.following import ServedModel
 
 ARM_HEADER = "x-nbship-arm"
 # one more webhook for the guard rails' alerts, where the bento is served (env.yaml's
