@@ -38,6 +38,8 @@ SHARED_BUILDS = {
 }
 
 
+# first: pytest-xdist turns the marks into node-id suffixes in its own hook of this name
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
