@@ -23,10 +23,9 @@ import shutil
 import statistics
 
 import httpx
-import yaml
 
-from benchmarks.serve import load, records, source_rows
-from benchmarks.swap import following_server
+from benchmarks.serve import load
+from benchmarks.swap import following_server, request_rows
 from nbship.registry.versions import Registry
 from tests.support import stop, wait_http, wait_until
 
@@ -58,9 +57,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"steady": [], "with shadow": [], canary: []}
     try:
         wait_http(f"{url}/readyz", server, timeout=120)
-        columns = yaml.safe_load((project / "env.yaml").read_text())["features"]
-        features = [*columns["numeric"], *columns["categorical"]]
-        rows = records(source_rows(project, features), args.requests)
+        rows = request_rows(project, args.requests)
         asyncio.run(load(url, rows[:300], args.concurrency))  # warm-up
         # the phases interleaved, `rounds` times: the machine's drift hits them all alike
         for _ in range(args.rounds):

@@ -71,6 +71,12 @@ def run_state(project: Path, run_id: str, key: str = "state") -> str | None:
     return next((r.get(key) for r in runs(project) if r["run_id"] == run_id), "starting")
 
 
+def request_rows(project: Path, n: int) -> list[dict]:
+    """`n` single-record request bodies: the project's source rows, its features only."""
+    columns = yaml.safe_load((project / "env.yaml").read_text())["features"]
+    return records(source_rows(project, [*columns["numeric"], *columns["categorical"]]), n)
+
+
 def following_server(prefix: str) -> tuple[Path, str, str, str, str, subprocess.Popen[bytes]]:
     """A scratch copy of the project built twice (`built_copy`) and one `bentoml serve` of
     its published bento following its registry every 0.2 s, with a prediction log:
@@ -109,9 +115,7 @@ def main() -> None:
     log = scratch / "serve.log"
     try:
         wait_http(f"{url}/readyz", server, timeout=120)
-        columns = yaml.safe_load((project / "env.yaml").read_text())["features"]
-        features = [*columns["numeric"], *columns["categorical"]]
-        rows = records(source_rows(project, features), args.requests)
+        rows = request_rows(project, args.requests)
         asyncio.run(load(url, rows[:300], args.concurrency))  # warm-up
         steady = asyncio.run(load(url, rows, args.concurrency))
         swaps_before = log.read_text().count("now serving")

@@ -516,10 +516,9 @@ class ModelServer:
         self.batcher = MicroBatcher(self.champion_outputs, max_rows=config["max_batch"])
         # a canary's or arm b's requests batch together, apart from the champion's
         self.trial_batcher = MicroBatcher(self.trial_outputs, max_rows=config["max_batch"])
-        self.release: ServedRelease | None = None
         self.release_config = ReleaseConfig.from_config(config.get("release"))
         self.guard = self.release_config.guard
-        self.windows = (ArmWindow(self.guard.window_seconds), ArmWindow(self.guard.window_seconds))
+        self.set_release(None)
         # the shadow's answers are rows of the log: no log, no shadow
         self.shadow = (
             None if self.log is None else ShadowRunner(
@@ -591,12 +590,13 @@ class ModelServer:
                 self.windows[1].add((time.perf_counter() - t0) * 1000, True)
                 RELEASE_ANSWERS.labels(arm=trial_arm, model_tag=served.tag).inc()
                 return self.answer(served, output, trial_arm)
+        if not running.splits_traffic:  # a shadow: the champion answers, as without one
+            served, output = await self.batcher(records)
+            self.offer_shadow(running, records)
+            return self.answer(served, output)
         t0 = time.perf_counter()
         served, output = await self.batcher(records)
         self.windows[0].add((time.perf_counter() - t0) * 1000, True)
-        if not running.splits_traffic:
-            self.offer_shadow(running, records)
-            return self.answer(served, output)
         RELEASE_ANSWERS.labels(arm=champion_arm, model_tag=served.tag).inc()
         return self.answer(served, output, champion_arm)
 
