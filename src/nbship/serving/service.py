@@ -244,7 +244,10 @@ def feedback_model(record: type[BaseModel], classes: list[str] | None) -> type[B
         ]})  # fmt: skip
         label: label_type = Field(description=label_doc)
         request_id: str | None = Field(None, max_length=64, description="x-request-id of /predict")
-        row: int = Field(0, ge=0, description="the record's index in that request's batch")
+        # strict as the record's own fields: pydantic's lax int takes `false` as row 0
+        row: int = Field(
+            0, ge=0, strict=True, description="the record's index in that request's batch"
+        )
         # a `type[BaseModel]` variable is no type to mypy: the suite's record model
         record: record_type | None = Field(None, description="a new labelled record")  # type: ignore[valid-type]
 
