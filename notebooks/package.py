@@ -19,6 +19,7 @@ model_store = "model-store"
 cards_dir = "build/cards"
 prediction_log = {}
 gates = {}
+batch = {}
 
 # %%
 # Run by hand (JupyterLab's Run All): the values `nbship build` passes; in a build, nothing.
@@ -59,6 +60,7 @@ result = package.package_winner(
     golden_path=upstream["split"]["golden"],
     task=read_json(upstream["split"]["summary"])["task"],
     gates=gates,
+    batch=batch,
 )
 write_json(result, product["summary"])
 write_json(result, product["manifest"])

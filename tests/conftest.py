@@ -148,12 +148,19 @@ def build(project: Project) -> Project:
     return project
 
 
+SAMPLE_BATCH = {"schedule": "0 3 * * *", "input": "file:///data/rows.csv",
+                "output": "file:///data/scores.parquet"}  # fmt: skip
+
+
 def sample_config(project: Project) -> None:
     """A smaller, faster variant of the real env.yaml: same columns and rules."""
     cfg = project.config
     cfg["data"]["sample_rows"] = 240
     cfg["split"]["golden_size"] = 12
     cfg["hyperparams"]["forest"]["n_estimators"] = 30
+    # a nightly batch scoring: the bento (and so the container image) scores batches too,
+    # and `nbship k8s` writes its CronJob (tests/e2e/test_container.py runs that command)
+    cfg["batch"] = dict(SAMPLE_BATCH)
     project.write_config(cfg)
 
 

@@ -12,6 +12,7 @@ resolved by `nbship.project`, which turns these settings into a project's paths 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -186,6 +187,10 @@ class KubernetesSettings(Section):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
 class BatchSettings(Section):
     """`nbship predict` (batch scoring) and the CronJob `nbship k8s` writes for it."""
 
@@ -198,6 +203,27 @@ class BatchSettings(Section):
     input: str | None = None
     output: str | None = None
     rejects: str | None = None  # default: beside the output, <name>.rejects.<suffix>
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str | None) -> str | None:
+        # Kubernetes' schema only says "a string": a typo would be applied and never run
+        if schedule is None:
+            return None
+        fields = schedule.split()
+        if not (schedule.strip() in _CRON_MACROS
+                or (len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields))):  # fmt: skip
+            raise ValueError(
+                f"{schedule!r} is not a cron schedule (five fields, e.g. '0 3 * * *', or a"
+                " macro such as '@daily')"
+            )
+        return schedule
+
+    @property
+    def scheduled(self) -> bool:
+        """A CronJob scores batches from the bento's image: the bento ships batch scoring
+        (nbship.batch and pyarrow) and `nbship k8s` writes the CronJob."""
+        return self.schedule is not None
 
     @model_validator(mode="after")
     def _cronjob_paths(self) -> BatchSettings:

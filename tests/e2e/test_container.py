@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from nbship.deploy.container import inspect, podman_env, run_container, stop_container
-from tests.conftest import Project
+from tests.conftest import SAMPLE_BATCH, Project
 from tests.support import free_port, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.container]
@@ -157,3 +162,44 @@ def test_the_container_logs_requests_in_its_own_folder(container_image, containe
     finally:
         stop_container(container_id, container_settings)
     assert result.stdout.strip() == ",".join(ids), result.stderr
+
+
+def test_the_cronjob_scores_a_file_in_the_image_as_nbship_predict_does(
+    built_project: Project, container_image, container_settings, tmp_path: Path
+):
+    """The sample project schedules batch scoring: the CronJob `nbship k8s` writes runs,
+    command and environment as written, in the server's own image (offline, as its user),
+    and writes what `nbship predict` writes on the host: scores and rejects."""
+    manifests = tmp_path / "k8s.yaml"
+    written = built_project.run("k8s", "-o", str(manifests))
+    assert written.returncode == 0, written.stdout + written.stderr
+    (job,) = [d for d in yaml.safe_load_all(manifests.read_text()) if d["kind"] == "CronJob"]
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == container_image.image
+
+    data = tmp_path / "data"  # the pod's object store: file:///data/... in env.yaml
+    data.mkdir()
+    data.chmod(0o777)  # the image's user writes there
+    rows = pd.read_parquet(built_project.root / "data" / "test.parquet")
+    rows.loc[len(rows)] = {**rows.iloc[0].to_dict(), "island": "Atlantis"}  # breaks the contract
+    assert urlparse(SAMPLE_BATCH["input"]).path == "/data/rows.csv"
+    rows.to_csv(data / "rows.csv", index=False)
+
+    env = [f"--env={e['name']}={e['value']}" for e in container["env"]]
+    command = container["command"]
+    ran = subprocess.run(
+        ["podman", "run", "--rm", "--network=none", "-v", f"{data}:/data", *env,
+         "--entrypoint", command[0], container_image.image, *command[1:]],
+        env=podman_env(container_settings), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["rejected_rows"] == 1, ran.stdout
+
+    host = tmp_path / "host"
+    predicted = built_project.run("predict", str(data / "rows.csv"), "-o", str(host / "s.parquet"))
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    scores = pq.read_table(data / "scores.parquet")
+    assert scores.num_rows == len(rows) - 1 and scores.equals(pq.read_table(host / "s.parquet"))
+    assert pq.read_table(data / "scores.rejects.parquet").equals(
+        pq.read_table(host / "s.rejects.parquet")
+    )

@@ -63,10 +63,12 @@ def test_the_suite_ships_and_only_serving_code(built_project: Project):
     suite = json.loads((src / "expectations" / "penguins.json").read_text())
     assert suite == json.loads((PROJECT / "expectations" / "penguins.json").read_text())
     shipped = sorted(p.relative_to(src / "nbship") for p in (src / "nbship").rglob("*.py"))
-    assert shipped == sorted(served_modules())
+    # the sample config schedules batch scoring (SAMPLE_BATCH): nbship.batch ships too
+    assert json.loads((src / "serving.json").read_text())["batch"] is True
+    assert shipped == sorted(served_modules(batch=True))
     # the stages serving needs, each whole; nothing of the CLI, the build or operating tools
     assert {p.parts[0] for p in shipped if len(p.parts) > 1} == {
-        "common", "compat", "pipeline", "registry", "prediction_log", "serving",
+        "common", "compat", "pipeline", "registry", "prediction_log", "serving", "batch",
     }  # fmt: skip
     for module in shipped:
         assert (src / "nbship" / module).read_bytes() == (SRC / module).read_bytes(), module

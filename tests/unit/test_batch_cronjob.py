@@ -5,6 +5,7 @@ entry point it runs in the bento's image (`python -m nbship.batch`)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from nbship import config as config_module
 from nbship.batch import __main__ as entry
 from nbship.config import BatchSettings, ConfigError
 from nbship.deploy import k8s
-from nbship.deploy.k8s import BatchJobSettings, DeploymentSettings
+from nbship.deploy.k8s import DeploymentSettings
 from tests.unit.test_batch import bento, classifier, mixed_rows, write_csv
 from tests.unit.test_k8s import _k8s, published, settings
 
@@ -25,8 +26,8 @@ pytestmark = [
 ]
 __all__ = ["bento", "classifier", "published", "settings"]  # fixtures used here
 
-JOB = BatchJobSettings(schedule="0 3 * * *", input="s3://scores/in/rows.parquet",
-                       output="s3://scores/out/scores.parquet", chunk_rows=50_000)  # fmt: skip
+JOB = BatchSettings(schedule="0 3 * * *", input="s3://scores/in/rows.parquet",
+                    output="s3://scores/out/scores.parquet", chunk_rows=50_000)  # fmt: skip
 
 
 def cronjob(docs: list[dict]) -> dict:
@@ -70,10 +71,11 @@ def test_a_misspelt_cronjob_field_fails_the_schema(settings: DeploymentSettings)
 
 
 @pytest.mark.parametrize("schedule", ["0 3 * *", "every day", "0 3 * * * *"])
-def test_a_schedule_that_is_no_cron_is_refused(schedule: str):
-    with pytest.raises(ValueError, match="not a cron schedule"):
-        BatchJobSettings(schedule=schedule, input="a.csv", output="b.csv")
-    assert BatchJobSettings(schedule="@daily", input="a.csv", output="b.csv").schedule
+def test_a_schedule_that_is_no_cron_is_refused_naming_the_key(schedule: str):
+    section = {"schedule": schedule, "input": "a.csv", "output": "b.csv"}
+    with pytest.raises(ConfigError, match=r"batch\.schedule.*not a cron schedule"):
+        config_module.validate_section(BatchSettings, section, "batch")
+    assert BatchSettings(schedule="@daily", input="a.csv", output="b.csv").scheduled
 
 
 def test_a_schedule_needs_input_and_output_in_env_yaml():
@@ -83,7 +85,7 @@ def test_a_schedule_needs_input_and_output_in_env_yaml():
     section = BatchSettings(schedule="@hourly", input="s3://a.csv", output="s3://b.parquet",
                             dask="tcp://sched:8786")  # fmt: skip
     job = k8s.batch_job(section)
-    assert job is not None and job.command()[-2:] == ["--dask", "tcp://sched:8786"]
+    assert job is not None and k8s.batch_command(job)[-2:] == ["--dask", "tcp://sched:8786"]
 
 
 def test_nbship_k8s_writes_the_cronjob_when_batch_has_a_schedule(published: Path):
@@ -95,6 +97,13 @@ def test_nbship_k8s_writes_the_cronjob_when_batch_has_a_schedule(published: Path
     raw["batch"] = {"schedule": "30 2 * * *", "input": "s3://b/in.csv",
                     "output": "s3://b/out.parquet"}  # fmt: skip
     env.write_text(yaml.safe_dump(raw, sort_keys=False))
+    target.unlink()
+    # the published bento was packaged before the schedule: its image cannot score batches
+    code, out, err, target = _k8s(published)
+    assert code != 0 and "packaged without batch scoring" in out + err, out + err
+    assert not target.exists()
+    serving_json = published / "bentos" / "penguins_classifier" / "src" / "serving.json"
+    serving_json.write_text(json.dumps({**json.loads(serving_json.read_text()), "batch": True}))
     code, out, err, target = _k8s(published)
     assert code == 0, out + err
     job = cronjob(list(yaml.safe_load_all(target.read_text())))

@@ -132,6 +132,41 @@ def test_a_root_missing_from_the_serve_group_is_named_with_its_fix(with_serve_gr
     assert "scikit-learn" not in message
 
 
+def test_a_batch_scoring_bento_pins_pyarrow_from_the_lock_beside_the_serve_group(
+    with_serve_group: Path,
+):
+    """env.yaml schedules batch scoring: the group need not list pyarrow (nbship requires
+    it, so the lock has it); its pin comes from the same lock, the rest is the group's."""
+    result = reqs.serving_requirements(with_serve_group, ["scikit-learn"], reqs.BATCH_DISTRIBUTIONS)
+    group = reqs.uv_export(with_serve_group, "--only-group", "serve")
+    assert result.route == "serve-group" and result.batch_from_lock == ("pyarrow",)
+    assert result.text.startswith(group.rstrip("\n"))
+    assert pins(result.text)["pyarrow"] == installed("pyarrow")
+    assert set(pins(result.text)) - set(pins(group)) == {"pyarrow"}
+    assert "for batch scoring, pyarrow from uv.lock" in result.describe()
+
+
+def test_the_batch_roots_are_what_the_batch_modules_import():
+    """A batch-capable bento ships nbship.batch: what it imports at module level is a
+    serving or batch root; Dask is imported only inside functions (the `--dask` route)."""
+    batch_roots = ROOTS | {canonical(d) for d in reqs.BATCH_DISTRIBUTIONS}
+    owners = importlib.metadata.packages_distributions()
+    for module in set(served_modules(batch=True)) - set(served_modules()):
+        tree = ast.parse((SRC / module).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - {"nbship", "__future__"}:
+                if top in sys.stdlib_module_names:
+                    continue
+                dists = {canonical(d) for d in owners.get(top, [])}
+                assert dists & batch_roots, f"{module} imports {top}: not a root"
+
+
 def test_a_serving_import_missing_from_the_serve_group_is_named(
     with_serve_group: Path, monkeypatch: pytest.MonkeyPatch
 ):

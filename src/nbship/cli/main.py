@@ -263,13 +263,20 @@ def k8s(project: Path, output: Path | None) -> None:
     loaded = load_project(project)
     image, config = image_name(published_bento(loaded))
     out = output or loaded.root / "k8s" / f"{config['bento_name']}.yaml"
+    job = batch_job(loaded.config.batch)
+    if job is not None and not config.get("batch"):
+        # its CronJob would start a pod that cannot import nbship.batch
+        raise click.ClickException(
+            f"batch.schedule is set, but the published bento ({config['model_tag']}) was"
+            " packaged without batch scoring: run `nbship build` to package it again"
+        )
     try:
         settings = DeploymentSettings(
             name=config["bento_name"], image=image, model_tag=config["model_tag"],
             git_commit=config["metadata"].get("git_commit"),
             **loaded.config.kubernetes.model_dump(),
         )  # fmt: skip
-        written = write(settings, out, batch_job(loaded.config.batch))
+        written = write(settings, out, job)
     except ValueError as exc:  # settings that make no valid manifest: nothing is written
         raise click.ClickException(str(exc)) from None
     click.echo(str(written.path))

@@ -107,7 +107,7 @@ def _probe(path: str, **timing: int) -> dict:
     return {"httpGet": {"path": path, "port": PORT_NAME}, "timeoutSeconds": 2, **timing}
 
 
-def manifests(settings: DeploymentSettings, batch: BatchJobSettings | None = None) -> list[dict]:
+def manifests(settings: DeploymentSettings, batch: BatchSettings | None = None) -> list[dict]:
     """The Deployment, Service and HorizontalPodAutoscaler, in the order to apply them;
     with `batch`, the CronJob of batch scoring after them."""
     name = dns_label(settings.name)
@@ -228,58 +228,28 @@ def manifests(settings: DeploymentSettings, batch: BatchJobSettings | None = Non
 # The image's bento and where its own model store is: the batch job loads the bento's model
 # from there (the server finds it by itself; a plain Python process reads BENTOML_HOME).
 BENTO_DIR = "/home/bento/bento"
-_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
-_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+# a run still going when the next is due is skipped, not run twice at once
+CONCURRENCY_POLICY = "Forbid"
 
 
-@dataclass(frozen=True)
-class BatchJobSettings:
-    """env.yaml's `batch:` as the CronJob needs it: when, and which object-store URLs."""
-
-    schedule: str  # cron: "0 3 * * *", or a macro such as "@daily"
-    input: str
-    output: str
-    rejects: str | None = None
-    chunk_rows: int = 100_000
-    dask: str | None = None  # a scheduler the pod reaches; None: the pod scores alone
-    concurrency_policy: str = "Forbid"  # a run still going when the next is due: skip it
-
-    def __post_init__(self) -> None:
-        # the schema only says "a string": a typo would be accepted and never run
-        fields = self.schedule.split()
-        if not (self.schedule.strip() in _CRON_MACROS
-                or (len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields))):  # fmt: skip
-            raise ValueError(
-                f"batch.schedule {self.schedule!r} is not a cron schedule (five fields, e.g."
-                " '0 3 * * *', or a macro such as '@daily')"
-            )
-        if self.chunk_rows < 1:
-            raise ValueError(f"batch.chunk_rows must be at least 1, got {self.chunk_rows}")
-
-    def command(self) -> list[str]:
-        """`nbship predict` without a project: the bento's own entry point."""
-        args = ["python", "-m", "nbship.batch", BENTO_DIR, self.input, "--output", self.output,
-                "--chunk-rows", str(self.chunk_rows)]  # fmt: skip
-        if self.rejects:
-            args += ["--rejects", self.rejects]
-        if self.dask:
-            args += ["--dask", self.dask]
-        return args
+def batch_command(batch: BatchSettings) -> list[str]:
+    """`nbship predict` without a project: the bento's own entry point."""
+    assert batch.input is not None and batch.output is not None  # BatchSettings' own check
+    args = ["python", "-m", "nbship.batch", BENTO_DIR, batch.input, "--output", batch.output,
+            "--chunk-rows", str(batch.chunk_rows)]  # fmt: skip
+    if batch.rejects:
+        args += ["--rejects", batch.rejects]
+    if batch.dask:
+        args += ["--dask", batch.dask]
+    return args
 
 
-def batch_job(section: BatchSettings) -> BatchJobSettings | None:
-    """The CronJob's settings from env.yaml's `batch:`; None when it sets no schedule."""
-    if section.schedule is None:
-        return None
-    # BatchSettings' own check: a schedule comes with input and output
-    assert section.input is not None and section.output is not None
-    return BatchJobSettings(
-        schedule=section.schedule, input=section.input, output=section.output,
-        rejects=section.rejects, chunk_rows=section.chunk_rows, dask=section.dask,
-    )  # fmt: skip
+def batch_job(section: BatchSettings) -> BatchSettings | None:
+    """env.yaml's `batch:` when it schedules a CronJob, else None."""
+    return section if section.scheduled else None
 
 
-def cronjob(settings: DeploymentSettings, batch: BatchJobSettings, serving: dict) -> dict:
+def cronjob(settings: DeploymentSettings, batch: BatchSettings, serving: dict) -> dict:
     """A CronJob running batch scoring from the Deployment's image on a schedule: same
     image, resources and security as the server's container, no ports or probes."""
     name = dns_label(f"{settings.name}-batch")
@@ -300,7 +270,7 @@ def cronjob(settings: DeploymentSettings, batch: BatchJobSettings, serving: dict
         "name": name,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": batch.command(),
+        "command": batch_command(batch),
         "env": env,
         "resources": copy.deepcopy(serving["resources"]),
         "securityContext": copy.deepcopy(serving["securityContext"]),
@@ -312,7 +282,7 @@ def cronjob(settings: DeploymentSettings, batch: BatchJobSettings, serving: dict
                      "annotations": {f"{ANNOTATION_PREFIX}/model-tag": settings.model_tag}},
         "spec": {
             "schedule": batch.schedule,
-            "concurrencyPolicy": batch.concurrency_policy,
+            "concurrencyPolicy": CONCURRENCY_POLICY,
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
@@ -404,7 +374,7 @@ class Written:
 
 
 def write(
-    settings: DeploymentSettings, path: str | Path, batch: BatchJobSettings | None = None
+    settings: DeploymentSettings, path: str | Path, batch: BatchSettings | None = None
 ) -> Written:
     """Validate the manifests for `settings` when the schemas are installed (invalid ones
     raise ValueError and are not written), then write them to `path` as YAML."""

@@ -31,6 +31,7 @@ import yaml
 from nbship.common.artifacts import read_model
 from nbship.config import (
     ENV_FILE,
+    BatchSettings,
     BentoSettings,
     ConfigError,
     PredictionLogSettings,
@@ -39,7 +40,12 @@ from nbship.config import (
     validate_section,
 )
 from nbship.packaging.dependencies import PackagingError, find_dependencies, stage_project_code
-from nbship.packaging.requirements import ServingRequirements, serving_requirements
+from nbship.packaging.requirements import (
+    BATCH_DISTRIBUTIONS,
+    DASK_DISTRIBUTIONS,
+    ServingRequirements,
+    serving_requirements,
+)
 from nbship.pipeline.training import Features
 from nbship.project import log_settings, model_store_url
 from nbship.project import registry_url as project_registry_url
@@ -55,6 +61,9 @@ __all__ = [
 # What of this package a bento ships: its top-level (core) modules and these stages,
 # each whole; a test imports the service from a staged folder to show nothing is missing.
 SERVED_SUBPACKAGES = ("common", "compat", "pipeline", "registry", "prediction_log", "serving")
+# shipped too when env.yaml schedules batch scoring (`batch.schedule`): the CronJob runs
+# `python -m nbship.batch` from the server's own image
+BATCH_SUBPACKAGE = "batch"
 # Distributions whose exact versions are recorded with every model.
 RECORDED_VERSIONS = ("scikit-learn", "pandas", "numpy", "scipy", "bentoml", "pydantic", "nbship")
 # Files whose content defines a run: hashed into the model's metadata.
@@ -138,28 +147,29 @@ def save_model(
     return str(ref.tag)
 
 
-def served_modules() -> list[Path]:
-    """The files of this package a bento ships, relative to the package folder."""
+def served_modules(batch: bool = False) -> list[Path]:
+    """The files of this package a bento ships, relative to the package folder; `batch`:
+    a bento that also scores batches."""
     package_dir = Path(__file__).resolve().parents[1]
     files = sorted(package_dir.glob("*.py"))
-    for name in SERVED_SUBPACKAGES:
+    for name in (*SERVED_SUBPACKAGES, *((BATCH_SUBPACKAGE,) if batch else ())):
         files += sorted((package_dir / name).rglob("*.py"))
     return [path.relative_to(package_dir) for path in files]
 
 
-def served_module_names() -> list[str]:
+def served_module_names(batch: bool = False) -> list[str]:
     """The dotted names of the nbship modules a bento ships."""
     names = []
-    for module in served_modules():
+    for module in served_modules(batch):
         parts = module.with_suffix("").parts
         parts = parts[:-1] if parts[-1] == "__init__" else parts
         names.append(".".join(("nbship", *parts)))
     return names
 
 
-def copy_served_package(dest: Path) -> None:
+def copy_served_package(dest: Path, batch: bool = False) -> None:
     package_dir = Path(__file__).resolve().parents[1]
-    for module in served_modules():
+    for module in served_modules(batch):
         (dest / module).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(package_dir / module, dest / module)
 
@@ -173,10 +183,12 @@ def stage_build_context(
     model_tag: str,
     labels: Mapping[str, str],
     project_files: Mapping[str, Path] | None = None,
+    batch: bool = False,
 ) -> None:
     """Writes the bento's source folder and its bentofile.yaml; `project_files` (path in
-    the bento -> source) is the project's own code the model needs."""
-    copy_served_package(staging / "nbship")
+    the bento -> source) is the project's own code the model needs; `batch`: the bento
+    also scores batches (nbship.batch ships)."""
+    copy_served_package(staging / "nbship", batch)
     shipped = stage_project_code(project_files or {}, staging)
     (staging / "expectations").mkdir()
     shutil.copy2(suite_path, staging / "expectations" / suite_path.name)
@@ -309,6 +321,22 @@ def release_settings(project: Path, columns: list[str]) -> dict[str, Any]:
     return {**settings.model_dump(mode="json"), "webhooks": webhooks}
 
 
+def batch_settings(project: Path, section: Mapping[str, Any] | None = None) -> BatchSettings:
+    """`section` (pipeline.yaml passes env.yaml's `batch:`, so a new schedule re-runs the
+    package task), else env.yaml's, else the defaults."""
+    if section is None:
+        raw = read_raw(project) if (project / ENV_FILE).is_file() else {}
+        section = raw.get("batch") or {}
+    return validate_section(BatchSettings, section, "batch")
+
+
+def batch_distributions(batch: BatchSettings) -> tuple[str, ...]:
+    """What a bento scoring batches installs beyond serving: none unless scheduled."""
+    if not batch.scheduled:
+        return ()
+    return (*BATCH_DISTRIBUTIONS, *(DASK_DISTRIBUTIONS if batch.dask else ()))
+
+
 def package_winner(
     *,
     model_path: str | Path,
@@ -333,6 +361,7 @@ def package_winner(
     cards_dir: str | Path | None = None,
     prediction_log: Mapping[str, Any] | None = None,
     task: str | None = None,
+    batch: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Store and build the chosen model, check it, gate it against the champion, then
     register it and publish its bento only when it becomes champion; returns what was
@@ -366,9 +395,12 @@ def package_winner(
     kind = tasks.get(task) if task not in (None, "", "auto") else tasks.of_model(model)
     feature_set = Features.from_params(features)
     columns = feature_set.columns
-    code = find_dependencies(model, project_dir=project, nbship_modules=served_module_names())
+    batch_section = batch_settings(project, batch)
+    code = find_dependencies(
+        model, project_dir=project, nbship_modules=served_module_names(batch_section.scheduled)
+    )
     print(code.summary())
-    pins = serving_requirements(project, code.distributions)
+    pins = serving_requirements(project, code.distributions, batch_distributions(batch_section))
     print(pins.describe())
     # the compiled plan ships only when it matches scikit-learn on the held-out rows
     golden = pd.read_parquet(golden_path)
@@ -438,6 +470,7 @@ def package_winner(
         "max_batch": int(max_batch),
         "max_request_bytes": max_request_bytes(project),
         "release": release_settings(project, columns),
+        "batch": batch_section.scheduled,  # ships `python -m nbship.batch` (a CronJob runs it)
         "metadata": metadata,
         # the server checks its own model against these before unpickling it, and asks
         # the registry for the champion at start (NBSHIP_REGISTRY_URL overrides)
@@ -460,6 +493,7 @@ def package_winner(
             model_tag=model_tag,
             labels={**labels, "model_tag": model_tag.replace(":", "-"), "pins": pins.route},
             project_files=code.project_files,
+            batch=batch_section.scheduled,
         )
         bento_tag = build_bento(staging)
     parity = check_bento_parity(

@@ -60,6 +60,11 @@ SERVING_DISTRIBUTIONS: tuple[str, ...] = (
 BUILD_ONLY_IMPORTS: frozenset[str] = frozenset(
     {"great_expectations", "jupytext", "matplotlib", "nbformat", "networkx", "ploomber", "pyarrow"}
 )
+# What a batch-capable bento adds (env.yaml schedules a CronJob: `batch.schedule`): the
+# batch entry point reads and writes with pyarrow; on a Dask cluster (`batch.dask`) it
+# needs the `dask` extra's packages too.
+BATCH_DISTRIBUTIONS: tuple[str, ...] = ("pyarrow",)
+DASK_DISTRIBUTIONS: tuple[str, ...] = ("dask", "distributed")
 SERVE_GROUP = "serve"
 _UV_EXPORT = ("export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header",
               "--no-annotate")  # fmt: skip
@@ -72,6 +77,8 @@ class ServingRequirements:
     text: str
     route: Route
     roots: tuple[str, ...]  # canonical names, sorted
+    # batch scoring's packages a `serve` group did not list, pinned from the same lock
+    batch_from_lock: tuple[str, ...] = ()
 
     @property
     def names(self) -> set[str]:
@@ -86,25 +93,42 @@ class ServingRequirements:
             "environment": "the installed versions (no uv.lock): the packages serving and the"
             " model import, with what they require",
         }[self.route]
-        return f"serving requirements: {count} pins from {where}"
+        added = ""
+        if self.batch_from_lock:
+            added = f"; for batch scoring, {', '.join(self.batch_from_lock)} from uv.lock"
+        return f"serving requirements: {count} pins from {where}{added}"
 
 
 def serving_requirements(
-    project_dir: str | Path, model_distributions: Iterable[str] = ()
+    project_dir: str | Path,
+    model_distributions: Iterable[str] = (),
+    batch_distributions: Iterable[str] = (),
 ) -> ServingRequirements:
-    """The bento's pins (see the module doc); PackagingError names each root it lacks."""
+    """The bento's pins (see the module doc); PackagingError names each root it lacks.
+
+    `batch_distributions` (a bento that also scores batches: BATCH_DISTRIBUTIONS) are
+    roots too; a `serve` group need not list them: what it lacks is pinned from the lock,
+    as the `lock` route would (nbship requires pyarrow, so a project's lock has it)."""
     project = Path(project_dir)
     model = sorted({canonical(d) for d in model_distributions})
-    roots = [*SERVING_DISTRIBUTIONS, *model]
+    batch = sorted({canonical(d) for d in batch_distributions})
+    roots = [*SERVING_DISTRIBUTIONS, *model, *batch]
     names = tuple(sorted({canonical(Requirement(r).name) for r in roots}))
     group = serve_group(project / "pyproject.toml")
     if (project / "uv.lock").is_file():
         if group is not None:
             text = uv_export(project, "--only-group", SERVE_GROUP)
-            missing = [n for n in names if n not in requirement_names(text)]
+            exported = requirement_names(text)
+            missing = [n for n in names if n not in exported and n not in batch]
             if missing:
                 raise PackagingError(_not_in_serve_group(missing, model))
-            return ServingRequirements(text, "serve-group", names)
+            extra = [n for n in batch if n not in exported]
+            if extra:
+                found = _closure_or_fail(extra, installed_distributions())
+                added = _from_lock(uv_export(project), {k: v for k, v in found.items()
+                                                        if k not in exported})  # fmt: skip
+                text = text.rstrip("\n") + "\n" + added
+            return ServingRequirements(text, "serve-group", names, tuple(extra))
         found = _closure_or_fail(roots, installed_distributions())
         return ServingRequirements(_from_lock(uv_export(project), found), "lock", names)
     # without a lock, a declared serve group still says what else the user wants served
