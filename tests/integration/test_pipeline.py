@@ -97,6 +97,27 @@ def test_editing_one_task_reruns_it_and_what_depends_on_it(tmp_path, built_proje
     assert "\r" not in result.stdout
 
 
+def test_dropping_the_batch_schedule_repackages_a_serving_only_bento(
+    tmp_path, built_project: Project
+):
+    """The schedule is a parameter of the package task: without it the next build runs
+    packaging alone, and the bento ships neither nbship.batch nor pyarrow (the image of a
+    project that scores no batches stays the serving-only one)."""
+    project = _copy_built(built_project, tmp_path)
+    assert json.loads((project.bento / "src" / "serving.json").read_text())["batch"] is True
+    cfg = project.config
+    del cfg["batch"]
+    project.write_config(cfg)
+    result = project.run("build", check=True)
+    assert result.stdout.strip().splitlines()[-1].split(": ", 1)[1] == "package"
+    assert project.summary["promoted"], project.summary
+    bento = project.bento
+    assert json.loads((bento / "src" / "serving.json").read_text())["batch"] is False
+    assert not (bento / "src" / "nbship" / "batch").exists()
+    pins = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "pyarrow" not in pins and "bentoml==" in pins
+
+
 def test_a_failing_task_is_named_with_its_cell_and_executed_notebook(
     tmp_path, built_project: Project
 ):
