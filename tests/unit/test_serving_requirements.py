@@ -45,13 +45,15 @@ def installed(name: str) -> str:
 # --- the roots: what the staged serving code imports ---------------------------------
 
 
-def staged_imports() -> dict[str, set[str]]:
+def staged_imports(
+    modules: list[Path] | None = None, top_level_only: bool = False
+) -> dict[str, set[str]]:
     """Third-party top-level import name -> the staged modules importing it, at any depth
-    (module level or inside a function)."""
+    (module level or inside a function), or at module level only."""
     found: dict[str, set[str]] = {}
-    for module in served_modules():
+    for module in served_modules() if modules is None else modules:
         tree = ast.parse((SRC / module).read_text())
-        for node in ast.walk(tree):
+        for node in tree.body if top_level_only else ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -151,20 +153,11 @@ def test_the_batch_roots_are_what_the_batch_modules_import():
     serving or batch root; Dask is imported only inside functions (the `--dask` route)."""
     batch_roots = ROOTS | {canonical(d) for d in reqs.BATCH_DISTRIBUTIONS}
     owners = importlib.metadata.packages_distributions()
-    for module in set(served_modules(batch=True)) - set(served_modules()):
-        tree = ast.parse((SRC / module).read_text())
-        for node in tree.body:
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for top in {n.split(".")[0] for n in names} - {"nbship", "__future__"}:
-                if top in sys.stdlib_module_names:
-                    continue
-                dists = {canonical(d) for d in owners.get(top, [])}
-                assert dists & batch_roots, f"{module} imports {top}: not a root"
+    added = sorted(set(served_modules(batch=True)) - set(served_modules()))
+    assert added, "nbship.batch ships with a batch-capable bento"
+    for top, modules in staged_imports(added, top_level_only=True).items():
+        dists = {canonical(d) for d in owners.get(top, [])}
+        assert dists & batch_roots, f"{sorted(modules)} import {top}: not a root"
 
 
 def test_a_serving_import_missing_from_the_serve_group_is_named(
