@@ -177,18 +177,20 @@ def test_the_cronjob_scores_a_file_in_the_image_as_nbship_predict_does(
     (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["image"] == container_image.image
 
-    data = tmp_path / "data"  # the pod's object store: file:///data/... in env.yaml
+    # the pod's object store: env.yaml's file:///data/... URLs, a host folder mounted there
+    mounted, data = Path("/data"), tmp_path / "data"
+    inside, output = (Path(urlparse(SAMPLE_BATCH[k]).path) for k in ("input", "output"))
+    assert inside.parent == output.parent == mounted
     data.mkdir()
     data.chmod(0o777)  # the image's user writes there
     rows = pd.read_parquet(built_project.root / "data" / "test.parquet")
     rows.loc[len(rows)] = {**rows.iloc[0].to_dict(), "island": "Atlantis"}  # breaks the contract
-    assert urlparse(SAMPLE_BATCH["input"]).path == "/data/rows.csv"
-    rows.to_csv(data / "rows.csv", index=False)
+    rows.to_csv(data / inside.name, index=False)
 
     env = [f"--env={e['name']}={e['value']}" for e in container["env"]]
     command = container["command"]
     ran = subprocess.run(
-        ["podman", "run", "--rm", "--network=none", "-v", f"{data}:/data", *env,
+        ["podman", "run", "--rm", "--network=none", "-v", f"{data}:{mounted}", *env,
          "--entrypoint", command[0], container_image.image, *command[1:]],
         env=podman_env(container_settings), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -196,10 +198,9 @@ def test_the_cronjob_scores_a_file_in_the_image_as_nbship_predict_does(
     assert json.loads(ran.stdout.strip().splitlines()[-1])["rejected_rows"] == 1, ran.stdout
 
     host = tmp_path / "host"
-    predicted = built_project.run("predict", str(data / "rows.csv"), "-o", str(host / "s.parquet"))
+    predicted = built_project.run("predict", str(data / inside.name), "-o", str(host / output.name))
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
-    scores = pq.read_table(data / "scores.parquet")
-    assert scores.num_rows == len(rows) - 1 and scores.equals(pq.read_table(host / "s.parquet"))
-    assert pq.read_table(data / "scores.rejects.parquet").equals(
-        pq.read_table(host / "s.rejects.parquet")
-    )
+    scores = pq.read_table(data / output.name)
+    assert scores.num_rows == len(rows) - 1 and scores.equals(pq.read_table(host / output.name))
+    rejects = f"{output.stem}.rejects{output.suffix}"  # beside the output, by default
+    assert pq.read_table(data / rejects).equals(pq.read_table(host / rejects))

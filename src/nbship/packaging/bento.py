@@ -306,10 +306,15 @@ def max_request_bytes(project: Path) -> int:
     return mb_to_bytes(bento.max_request_mb)
 
 
+def _written_config(project: Path) -> dict[str, Any]:
+    """env.yaml as written; nothing for a folder without one (every section's defaults)."""
+    return read_raw(project) if (project / ENV_FILE).is_file() else {}
+
+
 def release_settings(project: Path, columns: list[str]) -> dict[str, Any]:
     """env.yaml's `release:` for the server, with the webhooks of `monitoring.sinks` its
     guard rails alert (the section's defaults for a folder without an env.yaml)."""
-    raw = read_raw(project) if (project / ENV_FILE).is_file() else {}
+    raw = _written_config(project)
     settings = validate_section(ReleaseSettings, raw.get("release") or {}, "release")
     if settings.key_field is not None and settings.key_field not in columns:
         raise ConfigError(
@@ -325,8 +330,7 @@ def batch_settings(project: Path, section: Mapping[str, Any] | None = None) -> B
     """`section` (pipeline.yaml passes env.yaml's `batch:`, so a new schedule re-runs the
     package task), else env.yaml's, else the defaults."""
     if section is None:
-        raw = read_raw(project) if (project / ENV_FILE).is_file() else {}
-        section = raw.get("batch") or {}
+        section = _written_config(project).get("batch") or {}
     return validate_section(BatchSettings, section, "batch")
 
 
