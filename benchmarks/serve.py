@@ -1,5 +1,6 @@
 """Serving benchmark: POST /predict against `bentoml serve` of the published bento
-(prediction log on, then off) and against a bare BentoML service of the same model:
+(prediction log on, then off, then on without httptools and uvloop) and against a bare
+BentoML service of the same model:
 single records at several concurrency levels and 1,000-record batches, each divided by
 the in-process rate of the same model on the same records measured in the same run.
 
@@ -147,6 +148,16 @@ def build_example(name: str) -> tuple[Path, dict[str, str]]:
     return project.path, {"BENTOML_HOME": project.env["BENTOML_HOME"]}
 
 
+def without_server_speedups() -> Path:
+    """A folder whose `httptools` and `uvloop` fail to import: on PYTHONPATH, uvicorn's
+    "auto" choice falls back to h11 and asyncio, as when they are not installed."""
+    folder = Path(tempfile.mkdtemp(prefix="nbship-bench-h11-"))
+    for name in ("httptools", "uvloop"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} hidden')\n")
+    return folder
+
+
 def serve(cmd: list[str], url: str, env: dict[str, str] | None = None):
     log = Path(tempfile.mkdtemp(prefix="nbship-bench-")) / "serve.log"
     server = start(cmd, log, env=env)
@@ -239,7 +250,14 @@ def main() -> None:
         "NBSHIP_LOG_SPOOL": str(scratch / "spool"),
     }
     logging_off = {"NBSHIP_LOG_URL": "off"}
-    for label, env in (("nbship", logging_on), ("nbship, log off", logging_off)):
+    # what every bento served with before nbship required httptools and uvloop: uvicorn's
+    # pure-Python h11 parser on asyncio's own loop
+    hidden = os.pathsep.join(filter(None, [str(without_server_speedups()),
+                                           os.environ.get("PYTHONPATH")]))  # fmt: skip
+    pure_python = {**logging_on, "PYTHONPATH": hidden}
+    runs = (("nbship", logging_on), ("nbship, log off", logging_off),
+            ("nbship, h11 + asyncio", pure_python))  # fmt: skip
+    for label, env in runs:
         env = {**serve_env, **env}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -300,10 +318,12 @@ def main() -> None:
     ours, bare = results["nbship"][0], results["bare BentoML"][0]
     peer = results.get("mlflow models serve", (None,))[0]
     quiet = results["nbship, log off"][0]
+    pure = results["nbship, h11 + asyncio"][0]
     for c in args.concurrency:
         print(
             f"c={c}: nbship ÷ bare BentoML {ours[c]['rps'] / bare[c]['rps']:.2f},"
-            f" logging on ÷ off {ours[c]['rps'] / quiet[c]['rps']:.2f}"
+            f" logging on ÷ off {ours[c]['rps'] / quiet[c]['rps']:.2f},"
+            f" httptools + uvloop ÷ h11 + asyncio {ours[c]['rps'] / pure[c]['rps']:.2f}"
             + (f", nbship ÷ mlflow {ours[c]['rps'] / peer[c]['rps']:.2f}" if peer else "")
         )
 

@@ -117,12 +117,27 @@ def test_a_serve_group_is_exported_as_the_user_pinned_it(with_serve_group: Path)
     assert result.route == "serve-group"
     assert "`serve` dependency group" in result.describe()
     exported = reqs.uv_export(with_serve_group, "--only-group", "serve")
-    assert result.text == exported
+    # the group as exported, then what it left to the lock (the next test)
+    assert result.text.startswith(exported)
     found = pins(result.text)
     for name in ("bentoml", "scikit-learn", "pandas", "numpy", "pydantic", "sqlalchemy"):
         assert found[name] == installed(name), name
     assert set(found) >= ROOTS
     assert not set(NOT_SERVED) & set(found)
+
+
+def test_the_server_speedups_are_pinned_from_the_lock_when_the_serve_group_lacks_them(
+    with_serve_group: Path,
+):
+    """The example's group does not list httptools and uvloop (nothing imports them by
+    name: uvicorn takes them when installed); every bento gets them from the lock."""
+    group = reqs.uv_export(with_serve_group, "--only-group", "serve")
+    assert not {"httptools", "uvloop"} & set(pins(group))
+    result = reqs.serving_requirements(with_serve_group, ["scikit-learn"])
+    assert result.from_lock == reqs.SERVER_SPEEDUPS
+    for name in reqs.SERVER_SPEEDUPS:
+        assert pins(result.text)[name] == installed(name), name
+    assert "not in the group, from uv.lock: httptools, uvloop" in result.describe()
 
 
 def test_a_root_missing_from_the_serve_group_is_named_with_its_fix(with_serve_group: Path):
@@ -141,11 +156,11 @@ def test_a_batch_scoring_bento_pins_pyarrow_from_the_lock_beside_the_serve_group
     it, so the lock has it); its pin comes from the same lock, the rest is the group's."""
     result = reqs.serving_requirements(with_serve_group, ["scikit-learn"], reqs.BATCH_DISTRIBUTIONS)
     group = reqs.uv_export(with_serve_group, "--only-group", "serve")
-    assert result.route == "serve-group" and result.batch_from_lock == ("pyarrow",)
+    assert result.route == "serve-group"
+    assert result.from_lock == ("httptools", "pyarrow", "uvloop")
     assert result.text.startswith(group.rstrip("\n"))
     assert pins(result.text)["pyarrow"] == installed("pyarrow")
-    assert set(pins(result.text)) - set(pins(group)) == {"pyarrow"}
-    assert "for batch scoring, pyarrow from uv.lock" in result.describe()
+    assert set(pins(result.text)) - set(pins(group)) == {"httptools", "pyarrow", "uvloop"}
 
 
 def test_the_batch_roots_are_what_the_batch_modules_import():
@@ -220,10 +235,12 @@ def test_a_lock_without_serve_group_pins_only_the_roots_closure(lock_only: Path)
     assert set(found) >= ROOTS
     for name in ("bentoml", "scikit-learn", "scipy", "starlette", "uvicorn"):
         assert found[name] == installed(name), name
-    # the same packages a serve group of those roots pins (uv's resolution agrees)
+    # the same packages a serve group of those roots pins (uv's resolution agrees), and
+    # the server speed-ups the group leaves to the lock
     with_group = reqs.uv_export(PROJECT, "--only-group", "serve")
     universal_only = {"cffi", "pycparser"}  # PyPy-only lines of the universal lock
-    assert set(found) == requirement_names(with_group) - universal_only
+    expected = requirement_names(with_group) - universal_only | set(reqs.SERVER_SPEEDUPS)
+    assert set(found) == expected
 
 
 def test_a_package_the_lock_does_not_pin_is_named(lock_only: Path,

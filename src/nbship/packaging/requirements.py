@@ -55,6 +55,11 @@ SERVING_DISTRIBUTIONS: tuple[str, ...] = (
     "sqlalchemy",
     "starlette",
 )
+# Never imported by name either: uvicorn (under `bentoml serve`) takes them when installed,
+# the C HTTP parser and the libuv event loop, and without them parses every request in pure
+# Python on asyncio's own loop (benchmarks/serve.py measured the difference). A `serve`
+# group need not list them: what it lacks is pinned from the lock (nbship requires both).
+SERVER_SPEEDUPS: tuple[str, ...] = ("httptools", "uvloop")
 # Imports of the staged modules that only the build, the reports or the CLI run (inside
 # functions serving never calls, or in modules the service never imports): not roots.
 BUILD_ONLY_IMPORTS: frozenset[str] = frozenset(
@@ -77,8 +82,9 @@ class ServingRequirements:
     text: str
     route: Route
     roots: tuple[str, ...]  # canonical names, sorted
-    # batch scoring's packages a `serve` group did not list, pinned from the same lock
-    batch_from_lock: tuple[str, ...] = ()
+    # what a `serve` group did not list but serving (SERVER_SPEEDUPS) or batch scoring
+    # needs, pinned from the same lock
+    from_lock: tuple[str, ...] = ()
 
     @property
     def names(self) -> set[str]:
@@ -94,8 +100,8 @@ class ServingRequirements:
             " model import, with what they require",
         }[self.route]
         added = ""
-        if self.batch_from_lock:
-            added = f"; for batch scoring, {', '.join(self.batch_from_lock)} from uv.lock"
+        if self.from_lock:
+            added = f"; not in the group, from uv.lock: {', '.join(self.from_lock)}"
         return f"serving requirements: {count} pins from {where}{added}"
 
 
@@ -107,22 +113,24 @@ def serving_requirements(
     """The bento's pins (see the module doc); PackagingError names each root it lacks.
 
     `batch_distributions` (a bento that also scores batches: BATCH_DISTRIBUTIONS) are
-    roots too; a `serve` group need not list them: what it lacks is pinned from the lock,
-    as the `lock` route would (nbship requires pyarrow, so a project's lock has it)."""
+    roots too. A `serve` group need not list them nor SERVER_SPEEDUPS: what it lacks of
+    those is pinned from the lock, as the `lock` route would (nbship requires them, so a
+    project's lock has them)."""
     project = Path(project_dir)
     model = sorted({canonical(d) for d in model_distributions})
     batch = sorted({canonical(d) for d in batch_distributions})
-    roots = [*SERVING_DISTRIBUTIONS, *model, *batch]
+    implied = sorted({*SERVER_SPEEDUPS, *batch})
+    roots = [*SERVING_DISTRIBUTIONS, *model, *implied]
     names = tuple(sorted({canonical(Requirement(r).name) for r in roots}))
     group = serve_group(project / "pyproject.toml")
     if (project / "uv.lock").is_file():
         if group is not None:
             text = uv_export(project, "--only-group", SERVE_GROUP)
             exported = requirement_names(text)
-            missing = [n for n in names if n not in exported and n not in batch]
+            missing = [n for n in names if n not in exported and n not in implied]
             if missing:
                 raise PackagingError(_not_in_serve_group(missing, model))
-            extra = [n for n in batch if n not in exported]
+            extra = [n for n in implied if n not in exported]
             if extra:
                 found = _closure_or_fail(extra, installed_distributions())
                 added = _from_lock(uv_export(project), {k: v for k, v in found.items()
