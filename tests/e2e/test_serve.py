@@ -204,6 +204,24 @@ def test_concurrent_distinct_records_each_get_their_own_answer(server: str, buil
     assert after["model_calls"] - before["model_calls"] <= len(records)
 
 
+def test_the_batcher_knows_the_callers_on_kept_alive_connections(server: str):
+    """Each caller's connection reaches the batcher through BentoML's stack: four
+    clients, each on its own kept-alive connection sending one request after another, are
+    the four callers a batch may wait for (a model call's worth at most)."""
+
+    async def caller() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=30) as client:
+            for _ in range(10):
+                assert (await client.post("/predict", json=RECORD)).status_code == 200
+
+    async def four() -> None:
+        await asyncio.gather(*(caller() for _ in range(4)))
+
+    asyncio.run(four())
+    batching = httpx.get(f"{server}/info", timeout=10).json()["batching"]
+    assert batching["callers"] >= 4, batching  # (another test's within the last second too)
+
+
 def test_metrics_count_classes_fields_model_and_drift(server: str, built_project: Project):
     test = pd.read_parquet(built_project.root / "data" / "test.parquet")
     records = json.loads(test[list(RECORD)].to_json(orient="records"))

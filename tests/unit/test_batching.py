@@ -4,6 +4,7 @@ its own rows back."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_concurrent_callers_share_one_call_and_get_their_own_rows():
     for rows, (answered, answer) in zip(requests, answers, strict=True):
         assert answered == "call-1" and answer.tolist() == [[r, 2 * r] for r in rows]
     assert model.calls == [23]
-    assert batcher.stats() == {"requests": 21, "model_calls": 1}
+    assert batcher.stats() == {"requests": 21, "model_calls": 1, "waits": 0, "callers": 0}
 
 
 def test_a_lone_request_is_not_held_back():
@@ -77,3 +78,120 @@ def test_a_model_error_reaches_every_caller_of_that_batch():
 
     results = asyncio.run(run())
     assert all(isinstance(r, ValueError) and "exploded" in str(r) for r in results)
+
+
+# --- waiting for kept-alive callers ---------------------------------------------------
+
+
+class SlowModel(Model):
+    """A model call that takes `seconds` (it blocks the loop, as a real one does)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, rows: list[int]) -> tuple[str, np.ndarray]:
+        time.sleep(self.seconds)
+        return super().__call__(rows)
+
+
+async def warm(batcher: MicroBatcher, callers: list[str]) -> None:
+    """Each caller sends twice, one after the other: kept-alive callers now."""
+    for caller in callers * 2:
+        await batcher([0], caller)
+
+
+def test_a_batch_waits_for_a_kept_alive_caller_between_two_requests():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_rows=100)
+
+    async def run():
+        await warm(batcher, ["a", "b"])
+        calls = len(model.calls)
+
+        async def b_later():
+            await asyncio.sleep(0.01)  # b sends its next request after a's: a waits for it
+            return await batcher([2], "b")
+
+        answers = await asyncio.gather(batcher([1], "a"), b_later())
+        return model.calls[calls:], answers
+
+    calls, ((_, a), (_, b)) = asyncio.run(run())
+    assert calls == [2]  # one call for both
+    assert a.tolist() == [[1, 2]] and b.tolist() == [[2, 4]]
+    assert batcher.stats()["waits"] >= 1 and batcher.stats()["callers"] == 2
+
+
+def test_the_wait_ends_once_every_kept_alive_caller_has_a_request_pending():
+    model = SlowModel(0.2)  # a wait of up to 0.2 s if it did not end sooner
+    batcher = MicroBatcher(model, max_rows=100)
+
+    async def run():
+        await warm(batcher, ["a", "b"])
+
+        async def b_later():
+            await asyncio.sleep(0.01)
+            return await batcher([2], "b")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(batcher([1], "a"), b_later())
+        return time.perf_counter() - t0
+
+    took = asyncio.run(run())
+    # one model call (0.2 s) after b came at 0.01 s, not the wait's bound on top of it
+    assert took < 0.2 + 0.15, took
+
+
+def test_a_caller_that_does_not_come_is_waited_for_at_most_about_one_call():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_rows=100)
+
+    async def run():
+        await warm(batcher, ["a", "b"])
+        t0 = time.perf_counter()
+        await batcher([1], "a")  # b has gone quiet
+        return time.perf_counter() - t0
+
+    took = asyncio.run(run())
+    assert 0.05 <= took < 3 * 0.05 + 0.1, took
+    assert model.calls[-1] == 1
+
+
+def test_a_lone_caller_and_callers_seen_once_never_wait():
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_rows=100)
+
+    async def run():
+        for _ in range(5):
+            await batcher([1], "alone")  # the only kept-alive caller: nobody to wait for
+        for i in range(5):
+            await batcher([1], f"new-connection-{i}")  # a connection per request
+        await batcher([1])  # no caller known
+
+    asyncio.run(run())
+    assert batcher.stats()["waits"] == 0 and model.calls == [1] * 11
+
+
+def test_a_full_batch_does_not_wait():
+    model = SlowModel(0.2)
+    batcher = MicroBatcher(model, max_rows=3)
+
+    async def run():
+        await warm(batcher, ["a", "b"])
+        t0 = time.perf_counter()
+        await batcher([1, 2, 3], "a")  # max_rows already: b is not waited for
+        return time.perf_counter() - t0
+
+    assert asyncio.run(run()) < 0.2 + 0.15
+
+
+def test_a_batcher_told_not_to_wait_does_not():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_rows=100, wait_share=0.0)
+
+    async def run():
+        await warm(batcher, ["a", "b"])
+        await batcher([1], "a")
+
+    asyncio.run(run())
+    assert batcher.stats()["waits"] == 0

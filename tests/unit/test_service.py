@@ -235,8 +235,9 @@ def test_two_services_from_two_configs_share_no_state(tmp_path: Path, offline: N
     records = getattr(a.request.model_validate([RECORD, RECORD]), ROOT_FIELD)
     served, proba = asyncio.run(one.batcher(records))
     assert served.tag == "penguins_classifier:abc123" and proba.shape == (2, 2)
-    assert info(a.info_app).json()["batching"] == {"requests": 1, "model_calls": 1}
-    assert info(b.info_app).json()["batching"] == {"requests": 0, "model_calls": 0}
+    idle = {"waits": 0, "callers": 0}  # no caller known in process: nobody waited for
+    assert info(a.info_app).json()["batching"] == {"requests": 1, "model_calls": 1, **idle}
+    assert info(b.info_app).json()["batching"] == {"requests": 0, "model_calls": 0, **idle}
 
     other.swap(service.ServedModel("other_classifier:v2", FixedModel(["x"], [1.0]), "registry",
                                    "swapped", {}))  # fmt: skip

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbship.prediction_log import LogEntry, PredictionLog, RawJSON, new_request_id
 
@@ -28,11 +28,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEADER = b"x-request-id"
-# the logged request being answered, as the route's code sees it: its id and headers (a
-# shadow model's answer is logged under that id; a release routes on a header)
-CURRENT_REQUEST: ContextVar[tuple[str, list[tuple[bytes, bytes]]] | None] = ContextVar(
-    "nbship_request", default=None
-)
+
+
+class CurrentRequest(NamedTuple):
+    """The logged request being answered, as the route's code sees it: a shadow model's
+    answer is logged under its id, a release routes on a header, the batcher waits for
+    callers on kept-alive connections."""
+
+    id: str
+    headers: list[tuple[bytes, bytes]]
+    client: tuple[str, int] | None  # the connection's peer (ASGI `client`)
+
+
+CURRENT_REQUEST: ContextVar[CurrentRequest | None] = ContextVar("nbship_request", default=None)
 # how the service writes an answer (serving.py): {"model":"<tag>","predictions":[...]},
 # with "arm" between the two while a canary or A/B release runs
 ANSWER_HEAD = b'{"model":'
@@ -126,7 +134,9 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        CURRENT_REQUEST.set((request_id, scope.get("headers") or []))
+        client = scope.get("client")
+        CURRENT_REQUEST.set(CurrentRequest(request_id, scope.get("headers") or [],
+                                           tuple(client) if client else None))  # fmt: skip
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         request_chunks: list[bytes] = []

@@ -517,8 +517,13 @@ class ModelServer:
         self.numeric = self.parts.numeric
         self.swap(served)
         self.batcher = MicroBatcher(self.champion_outputs, max_rows=config["max_batch"])
-        # a canary's or arm b's requests batch together, apart from the champion's
-        self.trial_batcher = MicroBatcher(self.trial_outputs, max_rows=config["max_batch"])
+        # a canary's or arm b's requests batch together, apart from the champion's, and
+        # without waiting: most of the callers it has seen go to the champion next, so it
+        # would wait its whole bound for them, and its latency is a guard rail against the
+        # champion's
+        self.trial_batcher = MicroBatcher(
+            self.trial_outputs, max_rows=config["max_batch"], wait_share=0.0
+        )
         self.release_config = ReleaseConfig.from_config(config.get("release"))
         self.guard = self.release_config.guard
         self.set_release(None)
@@ -575,14 +580,16 @@ class ModelServer:
         counted against its guard rails and the champion answers instead; a shadow gets
         the request after the champion has answered it."""
         running = self.release
+        current = CURRENT_REQUEST.get()
+        caller = current.client if current else None
         if running is None:
-            served, output = await self.batcher(records)
+            served, output = await self.batcher(records, caller)
             return self.answer(served, output)
         champion_arm, trial_arm = running.release.arms
         if running.splits_traffic and takes_trial(running.release, self.routing_key(records)):
             t0 = time.perf_counter()
             try:
-                served, output = await self.trial_batcher(records)
+                served, output = await self.trial_batcher(records, caller)
             # the trial's failure is the guard rails' business; the caller gets an answer
             except Exception as exc:
                 self.windows[1].add((time.perf_counter() - t0) * 1000, False)
@@ -594,11 +601,11 @@ class ModelServer:
                 RELEASE_ANSWERS.labels(arm=trial_arm, model_tag=served.tag).inc()
                 return self.answer(served, output, trial_arm)
         if not running.splits_traffic:  # a shadow: the champion answers, as without one
-            served, output = await self.batcher(records)
+            served, output = await self.batcher(records, caller)
             self.offer_shadow(running, records)
             return self.answer(served, output)
         t0 = time.perf_counter()
-        served, output = await self.batcher(records)
+        served, output = await self.batcher(records, caller)
         self.windows[0].add((time.perf_counter() - t0) * 1000, True)
         RELEASE_ANSWERS.labels(arm=champion_arm, model_tag=served.tag).inc()
         return self.answer(served, output, champion_arm)
@@ -608,7 +615,7 @@ class ModelServer:
         field of the request's first record, else nothing (a random draw)."""
         current = CURRENT_REQUEST.get()
         name = self.release_config.settings.key_header.lower().encode()
-        for header, sent in current[1] if current else ():
+        for header, sent in current.headers if current else ():
             if header == name:
                 return sent.decode("latin-1")
         field = self.release_config.settings.key_field
@@ -620,7 +627,7 @@ class ModelServer:
         if self.shadow is None or current is None:
             return
         if running.release.share >= 1 or random.random() < running.release.share:
-            self.shadow.offer(running.model, current[0], records)
+            self.shadow.offer(running.model, current.id, records)
 
     def close(self) -> None:
         self.reloader.stop.set()
