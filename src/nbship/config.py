@@ -136,11 +136,17 @@ class GuardSettings(Section):
     # p99, which over an arm with a fifth of the answers is moved by one or two pauses of
     # the process that every arm shares (a benchmark's equal canary was rolled back so)
     max_p90_ratio: PositiveFloat | None = 3.0
-    # checked on the prediction log by `nbship release check` (not by the servers): the
-    # trial's answers unlike the champion's on the same traffic (PSI, with a p-value
-    # under 0.01), and the always-valid test on labelled feedback finding it worse
+    # checked on the prediction log (not by the servers), by the watcher a release starts
+    # (`check_seconds`) or by `nbship release check`: the trial's answers unlike the
+    # champion's on the same traffic (PSI, with a p-value under 0.01), and the
+    # always-valid test on labelled feedback finding it worse
     max_answer_psi: PositiveFloat | None = 0.2
     on_worse_metric: bool = True
+    # how often those two run while a canary or A/B release runs: `nbship release canary`
+    # and `ab` start a watcher process that checks every this many seconds until the
+    # release ends (a rollout nobody remembered to `check` would go unguarded on them);
+    # None: only when `nbship release check` is run
+    check_seconds: PositiveFloat | None = 60.0
 
 
 class ReleaseSettings(Section):

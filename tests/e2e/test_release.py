@@ -296,7 +296,8 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
 
     # A/B with feedback: arm a (the champion) is truly better than the baseline; the
     # report finds it
-    setup.nbship("release", "ab", setup.second, "--share", "0.5")
+    # its watcher would judge arm b, worse on purpose, too: tests/unit/test_release_cli.py
+    setup.nbship("release", "ab", setup.second, "--share", "0.5", "--no-guard")
     assert followed(urls, setup.second, "ab")
     labelled = [setup.rows[i % len(setup.rows)] for i in range(240)]
     answers = asyncio.run(concurrent(urls, [(r, f"user-{i}") for i, (r, _) in enumerate(labelled)]))

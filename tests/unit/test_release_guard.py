@@ -1,21 +1,28 @@
 """`nbship release check`'s guard rails on a real registry and a real prediction log: a
 canary worse on labelled feedback, or answering unlike the champion, is rolled back once
-and alerted; one within its rails, a shadow, or no release, is left alone."""
+and alerted; one within its rails, a shadow, or no release, is left alone. The watcher's
+loop (`guard_release`) checks its own release until it is no longer the running one,
+whoever ended it, and never judges the release that replaced it."""
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nbship.config import GuardSettings
+from nbship.operate import release_guard
 from nbship.operate.alert_rules import Sink
-from nbship.operate.release_guard import check_release
+from nbship.operate.release_guard import GuardCheck, check_release, guard_release
 from nbship.prediction_log import FEEDBACK_KIND, LogEntry, PredictionLog, url_for_sqlite
 from nbship.registry.versions import Registry
+from tests.support import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +65,7 @@ def write_log(url: str, spool: Path, tags: dict[str, str], accuracy: dict[str, f
 @pytest.fixture
 def registry(tmp_path: Path):
     with Registry(f"sqlite:///{tmp_path / 'registry.db'}") as reg:
-        for tag in ("clf:v1", "clf:v2"):
+        for tag in ("clf:v1", "clf:v2", "clf:v3"):
             reg.register(tag, {"candidate": "c", "task": "classification", "classes": CLASSES})
         reg.promote("clf:v1", actor="t", reason="first")
         yield reg
@@ -108,3 +115,158 @@ def test_within_its_rails_a_canary_keeps_running(registry, tmp_path):
     registry.start_release("clf:v2", "shadow", 1.0, actor="t", reason="look")
     shadow = check_release(registry, url, "clf", GuardSettings(), [], actor="check")
     assert shadow.release is not None and shadow.report is None  # a shadow answers nobody
+
+
+# the watcher's loop ---------------------------------------------------------------------
+
+FAST = GuardSettings(check_seconds=0.05)
+
+
+class Watching:
+    """`guard_release` in a thread of its own, with its own connection to the registry
+    (as the watcher process has), and a count of the rounds that read the log."""
+
+    def __init__(self, registry: Registry, log_url: str, release_id: int,
+                 monkeypatch: pytest.MonkeyPatch, guard: GuardSettings = FAST) -> None:  # fmt: skip
+        self.rounds = 0
+        self.result: GuardCheck | None = None
+        self.stop = threading.Event()
+        real = release_guard.release_rows
+
+        def counted(*args: Any) -> Any:
+            self.rounds += 1
+            return real(*args)
+
+        monkeypatch.setattr(release_guard, "release_rows", counted)
+
+        def run() -> None:
+            sinks = [Sink("log")]
+            with Registry(registry.url) as own:
+                self.result = guard_release(own, log_url, "clf", release_id, guard, sinks,
+                                            actor="guard", stop=self.stop)  # fmt: skip
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def returned(self, timeout: float = 30) -> bool:
+        self.thread.join(timeout)
+        self.stop.set()  # a loop that did not return by itself must not outlive the test
+        return not self.thread.is_alive()
+
+    def wait_rounds(self, n: int) -> None:
+        assert wait_until(lambda: self.rounds >= n, 30, 0.02), f"{self.rounds} rounds"
+
+
+def test_the_watcher_rolls_a_worse_canary_back_and_returns(registry, tmp_path, monkeypatch):
+    url = url_for_sqlite(tmp_path / "log.db")
+    started = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    write_log(url, tmp_path / "spool", TAGS, {"champion": 0.95, "canary": 0.6})
+    watching = Watching(registry, url, started.id, monkeypatch)
+    assert watching.returned()
+    assert watching.result is not None and watching.result.rolled_back
+    ended = registry.releases("clf")[0]
+    assert ended.id == started.id and ended.outcome == "rolled_back" and ended.end_actor == "guard"
+
+
+def test_within_its_rails_the_watcher_runs_until_the_release_is_aborted(
+    registry, tmp_path, monkeypatch
+):
+    url = url_for_sqlite(tmp_path / "log.db")
+    started = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    write_log(url, tmp_path / "spool", TAGS, {"champion": 0.9, "canary": 0.9})
+    watching = Watching(registry, url, started.id, monkeypatch)
+    watching.wait_rounds(3)
+    assert watching.thread.is_alive() and registry.active_release("clf") is not None
+    registry.end_release("clf", "aborted", actor="alice", reason="enough")
+    assert watching.returned()
+    assert watching.result is not None and not watching.result.rolled_back
+    (ended,) = registry.releases("clf")
+    assert (ended.outcome, ended.end_actor, ended.end_reason) == ("aborted", "alice", "enough")
+
+
+def test_a_replaced_release_s_watcher_returns_and_leaves_the_new_one_alone(
+    registry, tmp_path, monkeypatch
+):
+    url = url_for_sqlite(tmp_path / "log.db")
+    first = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    watching = Watching(registry, url, first.id, monkeypatch)
+    watching.wait_rounds(1)
+    second = registry.start_release("clf:v3", "canary", 0.5, actor="t", reason="another")
+    # v3 is worse: whoever checks the new release would roll it back
+    write_log(url, tmp_path / "spool", {"champion": "clf:v1", "canary": "clf:v3"},
+              {"champion": 0.95, "canary": 0.6})  # fmt: skip
+    assert watching.returned()
+    assert check_release(registry, url, "clf", FAST, [], actor="old", release_id=first.id) == (
+        GuardCheck(None)
+    )
+    running = registry.active_release("clf")
+    assert running is not None and running.id == second.id
+    assert [r.outcome for r in registry.releases("clf")] == [None, "replaced"]
+    # its own watcher does roll it back
+    own = check_release(registry, url, "clf", FAST, [], actor="new", release_id=second.id)
+    assert own.rolled_back
+
+
+def test_a_shadow_has_no_watcher_to_keep(registry, tmp_path, monkeypatch):
+    url = url_for_sqlite(tmp_path / "log.db")
+    shadow = registry.start_release("clf:v2", "shadow", 1.0, actor="t", reason="look")
+    watching = Watching(registry, url, shadow.id, monkeypatch)
+    assert watching.returned()
+    assert registry.active_release("clf") == shadow
+
+
+def failing_once(real: Callable[..., Any]) -> Callable[..., Any]:
+    calls = []
+
+    def flaky(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("the log's disk went away for a moment")
+        return real(*args)
+
+    return flaky
+
+
+def test_a_transient_error_of_the_log_does_not_end_the_watch(registry, tmp_path, monkeypatch,
+                                                              caplog):  # fmt: skip
+    url = url_for_sqlite(tmp_path / "log.db")
+    started = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    write_log(url, tmp_path / "spool", TAGS, {"champion": 0.95, "canary": 0.6})
+    monkeypatch.setattr(release_guard, "release_rows", failing_once(release_guard.release_rows))
+    with caplog.at_level(logging.WARNING, logger="nbship.operate.release_guard"):
+        watching = Watching(registry, url, started.id, monkeypatch)
+        assert watching.returned()
+    assert watching.rounds == 2  # the failed round, then the one that rolled it back
+    assert f"release {started.id}: check failed (OSError: the log's disk went away" in caplog.text
+    assert watching.result is not None and watching.result.rolled_back
+    assert registry.releases("clf")[0].outcome == "rolled_back"
+
+
+def test_a_transient_error_of_the_registry_does_not_end_the_watch(registry, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    url = url_for_sqlite(tmp_path / "log.db")
+    started = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    write_log(url, tmp_path / "spool", TAGS, {"champion": 0.95, "canary": 0.6})
+    monkeypatch.setattr(Registry, "active_release", failing_once(Registry.active_release))
+    watching = Watching(registry, url, started.id, monkeypatch)
+    assert watching.returned()
+    assert watching.result is not None and watching.result.rolled_back
+
+
+def test_a_deleted_sqlite_registry_ends_the_watch(registry, tmp_path, monkeypatch):
+    url = url_for_sqlite(tmp_path / "log.db")
+    started = registry.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+    path = tmp_path / "elsewhere" / "registry.db"
+    path.parent.mkdir()
+    with Registry(f"sqlite:///{path}") as other:
+        for tag in ("clf:v1", "clf:v2"):
+            other.register(tag, {"candidate": "c", "task": "classification", "classes": CLASSES})
+        other.promote("clf:v1", actor="t", reason="first")
+        mine = other.start_release("clf:v2", "canary", 0.5, actor="t", reason="try")
+        watching = Watching(other, url, mine.id, monkeypatch)
+        watching.wait_rounds(1)
+        for file in path.parent.iterdir():  # the project was deleted under the watcher
+            file.unlink()
+        path.parent.rmdir()
+        assert watching.returned()
+    assert registry.active_release("clf") == started  # another registry: untouched

@@ -30,7 +30,9 @@ def _name(project: Project) -> str:
     return project.config.bento.name
 
 
-def _start(project_dir: Path, tag: str, kind: str, share: float, reason: str | None) -> None:
+def _start(
+    project_dir: Path, tag: str, kind: str, share: float, reason: str | None, *, guard: bool
+) -> None:
     project = load_project(project_dir)
     with project_registry(project) as registry:
         started = registry.start_release(
@@ -43,9 +45,37 @@ def _start(project_dir: Path, tag: str, kind: str, share: float, reason: str | N
         f" it {what} {started.share:.0%} of the requests once the servers have checked"
         " the registry (NBSHIP_RELOAD_SECONDS, or POST /admin/reload)"
     )
+    every = project.config.release.guard.check_seconds
+    if kind == "shadow" or not guard or every is None:  # a shadow answers nobody
+        return
+    _watch(project, started.id, every)
+
+
+def _watch(project: Project, release_id: int, every: float) -> None:
+    """Starts the watcher of the log-based guard rails of release `release_id`; the
+    watcher of a release this one replaced ends by itself at its next round."""
+    from nbship.operate.release_guard import start_watcher
+
+    try:
+        watcher = start_watcher(project.path, release_id)
+    except OSError as exc:
+        raise click.ClickException(
+            f"release {release_id} started, but not its guard rails' watcher ({exc}):"
+            f" run `nbship release check --every {every:g}`"
+        ) from None
+    shown = watcher.log.relative_to(project.path)
+    click.echo(
+        f"the log-based guard rails (release.guard) run every {every:g} s in process"
+        f" {watcher.pid} ({shown}); `nbship release check` runs them by hand"
+    )
 
 
 REASON = click.option("--reason", "-r", default=None, help="Why: recorded with the release.")
+NO_GUARD = click.option(
+    "--no-guard", is_flag=True,
+    help="Start no watcher of the guard rails on the prediction log: only `nbship release"
+    " check` runs them then (the servers still check error rate and latency).",
+)  # fmt: skip
 
 
 @release.command()
@@ -57,7 +87,7 @@ REASON = click.option("--reason", "-r", default=None, help="Why: recorded with t
 def shadow(project: Path, tag: str, share: float, reason: str | None) -> None:
     """TAG predicts every request (or --share of them) off the request path; its answers
     are logged beside the champion's, never returned."""
-    _start(project, tag, "shadow", share, reason)
+    _start(project, tag, "shadow", share, reason, guard=False)
 
 
 @release.command()
@@ -65,10 +95,12 @@ def shadow(project: Path, tag: str, share: float, reason: str | None) -> None:
 @click.argument("tag")
 @click.option("--share", type=SHARE, required=True, help="Share of the requests TAG answers.")
 @REASON
-def canary(project: Path, tag: str, share: float, reason: str | None) -> None:
+@NO_GUARD
+def canary(project: Path, tag: str, share: float, reason: str | None, no_guard: bool) -> None:
     """TAG answers --share of the requests (the same callers each time when they send a
-    key); the guard rails of env.yaml `release.guard` roll it back by themselves."""
-    _start(project, tag, "canary", share, reason)
+    key); the guard rails of env.yaml `release.guard` roll it back by themselves: the
+    servers' at once, those on the prediction log in a watcher process started here."""
+    _start(project, tag, "canary", share, reason, guard=not no_guard)
 
 
 @release.command()
@@ -77,10 +109,12 @@ def canary(project: Path, tag: str, share: float, reason: str | None) -> None:
 @click.option("--share", type=SHARE, default=0.5, show_default=True,
               help="Share of the requests arm b (TAG) answers.")  # fmt: skip
 @REASON
-def ab(project: Path, tag: str, share: float, reason: str | None) -> None:
+@NO_GUARD
+def ab(project: Path, tag: str, share: float, reason: str | None, no_guard: bool) -> None:
     """An A/B test: the champion is arm a, TAG arm b; `nbship release report` compares
-    them on the labelled feedback. Nothing is promoted without the promotion gates."""
-    _start(project, tag, "ab", share, reason)
+    them on the labelled feedback, and the guard rails of `release.guard` roll arm b back
+    as they would a canary. Nothing is promoted without the promotion gates."""
+    _start(project, tag, "ab", share, reason, guard=not no_guard)
 
 
 def _running(registry: Registry, name: str) -> Release:
@@ -137,8 +171,9 @@ def abort(project: Path, reason: str) -> None:
 def check(project: Path, every: float | None) -> None:
     """The guard rails on the prediction log of every server: a canary's (or arm b's)
     answers unlike the champion's on the same traffic, or worse on labelled feedback
-    (env.yaml `release.guard`), roll it back and alert `monitoring.sinks`. The servers
-    check error rate and latency themselves."""
+    (env.yaml `release.guard`), roll it back and alert `monitoring.sinks`. `canary` and
+    `ab` start a watcher that runs them every `release.guard.check_seconds`; this runs
+    them by hand. The servers check error rate and latency themselves."""
     import socket
     import time
 
