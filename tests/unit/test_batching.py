@@ -142,17 +142,22 @@ def test_the_wait_ends_once_every_kept_alive_caller_has_a_request_pending():
     assert took < 0.2 + 0.15, took
 
 
-def test_a_caller_that_does_not_come_is_waited_for_at_most_about_one_call():
-    model = SlowModel(0.05)
-    batcher = MicroBatcher(model, max_rows=100)
+def a_alone_after_warming(batcher: MicroBatcher, rows: list[int]) -> float:
+    """Seconds `a`'s request of `rows` takes once a and b are kept-alive callers and b
+    has gone quiet."""
 
     async def run():
         await warm(batcher, ["a", "b"])
         t0 = time.perf_counter()
-        await batcher([1], "a")  # b has gone quiet
+        await batcher(rows, "a")
         return time.perf_counter() - t0
 
-    took = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_caller_that_does_not_come_is_waited_for_at_most_about_one_call():
+    model = SlowModel(0.05)
+    took = a_alone_after_warming(MicroBatcher(model, max_rows=100), [1])
     assert 0.05 <= took < 3 * 0.05 + 0.1, took
     assert model.calls[-1] == 1
 
@@ -173,16 +178,9 @@ def test_a_lone_caller_and_callers_seen_once_never_wait():
 
 
 def test_a_full_batch_does_not_wait():
-    model = SlowModel(0.2)
-    batcher = MicroBatcher(model, max_rows=3)
-
-    async def run():
-        await warm(batcher, ["a", "b"])
-        t0 = time.perf_counter()
-        await batcher([1, 2, 3], "a")  # max_rows already: b is not waited for
-        return time.perf_counter() - t0
-
-    assert asyncio.run(run()) < 0.2 + 0.15
+    # max_rows already: b is not waited for
+    took = a_alone_after_warming(MicroBatcher(SlowModel(0.2), max_rows=3), [1, 2, 3])
+    assert took < 0.2 + 0.15, took
 
 
 def test_a_batcher_told_not_to_wait_does_not():
