@@ -260,6 +260,45 @@ def test_record_never_raises(tmp_path: Path) -> None:
     assert "x" * 255 in frame.index  # cut to the column's length
 
 
+def test_record_many_spools_its_entries_in_one_write(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shadow's answers: the good ones acknowledged and stored, one that cannot be
+    encoded counted, and all of them in a single write under one hold of the lock."""
+    circular: list[Any] = []
+    circular.append(circular)
+    bad = LogEntry("bad", NOW, "predict", None, circular, None, 1.0, "ok", 200)
+    with PredictionLog(store.url, tmp_path / "spool") as log:
+        writes: list[int] = []
+        real = os.writev
+        monkeypatch.setattr(os, "writev", lambda fd, parts: writes.append(len(parts))
+                            or real(fd, parts))  # fmt: skip
+        good = [entry(f"s{i}", i=i) for i in range(5)]
+        assert log.record_many([*good[:2], bad, *good[2:]]) == 5
+        assert len(writes) == 1
+        assert log.record_many([]) == 0 and len(writes) == 1
+        assert log.flush(30)
+        assert log.stats["record_errors"] == 1
+    assert sorted(stored_ids(store.url)) == [f"s{i}" for i in range(5)]
+
+
+def test_record_many_into_a_full_spool_drops_them_all_and_counts_them(tmp_path: Path) -> None:
+    log = PredictionLog(url_for_sqlite(tmp_path / "log.db"), tmp_path / "spool",
+                        max_spool_bytes=2_000).start()  # fmt: skip
+    try:
+        assert log.record_many([entry(f"r{i}") for i in range(100)]) == 0
+        assert log.stats["dropped"] == 100
+    finally:
+        log.close(timeout=10)
+
+
+def test_a_partial_write_counts_the_whole_lines_in_it() -> None:
+    from nbship.prediction_log.spool import _whole_lines
+
+    parts = [b"one\ntwo\nthr", b"ee\n"]
+    assert [_whole_lines(parts, n) for n in (1, 4, 7, 8, 12, 15)] == [0, 1, 1, 2, 2, 3]
+
+
 # an unavailable database ---------------------------------------------------------------------
 
 

@@ -156,9 +156,9 @@ class Log:
     def __init__(self) -> None:
         self.entries: list[LogEntry] = []
 
-    def record(self, entry: LogEntry) -> bool:
-        self.entries.append(entry)
-        return True
+    def record_many(self, entries: list[LogEntry]) -> int:
+        self.entries += entries
+        return len(entries)
 
 
 class Model:

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ WARN_SECONDS = 60.0  # the same warning at most this often
 SYNC_SECONDS = 1.0  # spool fsync at most this often (only while the database fails)
 READ_CHUNK = 4 << 20  # bytes read at once (doubled while one line is longer)
 STALE_NEW_DIR_SECONDS = 3600.0  # a `.new-*` folder this old was left by a failed start
+
+
+def _whole_lines(parts: list[bytes], written: int) -> int:
+    """How many whole lines (each ending in LF) the first `written` bytes of `parts` hold."""
+    return b"".join(parts)[:written].count(b"\n")
 
 
 class _Segment:
@@ -148,30 +154,61 @@ class Spool:
         full, log not running) or could not be encoded, and counted. Never raises."""
         try:
             parts = _encode(entry)
+        except Exception:  # an entry JSON cannot encode
+            with self._lock:
+                self._record_errors += 1
+            return False
+        return self._append(parts, 1) == 1
+
+    def record_many(self, entries: Sequence[LogEntry]) -> int:
+        """Spools `entries` in one write, under one hold of the lock: how many were
+        acknowledged (see `record`). For a background thread with many at once (a
+        shadow's answers): one append each made the request path wait for the lock, and
+        then for the GIL, once per entry."""
+        lines: list[bytes] = []
+        failed = 0
+        for entry in entries:
+            try:
+                lines.append(b"".join(_encode(entry)))
+            except Exception:
+                failed += 1
+        if failed:
+            with self._lock:
+                self._record_errors += failed
+        return self._append([b"".join(lines)], len(lines)) if lines else 0
+
+    def _append(self, parts: list[bytes], lines: int) -> int:
+        """Appends `lines` whole lines, given as `parts`, with one system call (like a
+        write of them joined, without the copy); how many were written. Never raises."""
+        try:
             length = sum(map(len, parts))
             with self._lock:
                 if not self._accepting or (
                     self._spool_bytes + self._foreign_bytes + length > self._max_spool_bytes
                 ):
-                    self._dropped += 1
-                    return False
+                    self._dropped += lines
+                    return 0
                 if self._fd is None:
                     self._open_segment()
                 cur = self._cur
-                try:  # one system call, like a write of the joined line (no copy of it)
+                try:
                     written = os.writev(self._fd, parts)  # type: ignore[arg-type]
                 except OSError:
                     written = -1
                 if written != length:  # disk full or I/O error
-                    self._record_errors += 1
-                    if written > 0:  # a partial line ends this segment: the next is clean
+                    # the lines written whole are in the file; a partial one ends this
+                    # segment, so that the next is clean
+                    whole = _whole_lines(parts, written) if written > 0 else 0
+                    self._record_errors += lines - whole
+                    self._recorded += whole
+                    if written > 0:
                         cur.size += written  # type: ignore[union-attr]
                         self._spool_bytes += written
                     self._close_current()
-                    return False
+                    return whole
                 cur.size += written  # type: ignore[union-attr]
                 self._spool_bytes += written
-                self._recorded += 1
+                self._recorded += lines
                 self._last_write = time.monotonic()
                 if cur.size >= self._segment_bytes:  # type: ignore[union-attr]
                     self._close_current()
@@ -180,11 +217,11 @@ class Spool:
                     self._wake_sent = True
             if wake:
                 self._wake.set()
-            return True
-        except Exception:  # an entry JSON cannot encode, no spool folder, ...
+            return lines
+        except Exception:  # no spool folder, ...
             with self._lock:
-                self._record_errors += 1
-            return False
+                self._record_errors += lines
+            return 0
 
     def _open_segment(self) -> None:  # under _lock
         assert self._dir is not None

@@ -260,6 +260,7 @@ class ShadowRunner:
             answers, error = None, exc
         ms = (time.perf_counter() - t0) * 1000 / len(batch)
         start = 0
+        entries = []
         for _, request_id, records in batch:
             outputs = None if answers is None else answers[start : start + len(records)]
             start += len(records)
@@ -272,5 +273,8 @@ class ShadowRunner:
                 error_message=None if error is None else str(error)[:2000],
                 n_records=len(records),
             )  # fmt: skip
-            self.log.record(entry)
+            entries.append(entry)
+        # in one write: one each made the request loop wait for the spool's lock, then for
+        # the GIL, once per answer (the champion's p99 x1.6 with a shadow, in the benchmark)
+        self.log.record_many(entries)
         self._count("ok" if error is None else "error", len(batch))

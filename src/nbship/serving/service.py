@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,6 +88,8 @@ CONFIG_FILE = "serving.json"
 RELOAD_ENV = "NBSHIP_RELOAD_SECONDS"  # how often to ask the registry; 0 = never
 ADMIN_TOKEN_ENV = "NBSHIP_ADMIN_TOKEN"  # required by /admin/*; unset = admin routes off
 MAX_FEEDBACK_ITEMS = 1000
+# how long a thread holds the GIL while another waits for it (Python's default: 5 ms)
+SWITCH_INTERVAL_S = 0.001
 # under "bentoml" so the server's own log configuration shows it (INFO and up)
 logger = logging.getLogger("bentoml.nbship")
 
@@ -498,6 +501,10 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    # The event loop that answers requests shares the GIL with the shadow model's, the
+    # log's and the reloader's threads: when one of them computes, the loop waited up to
+    # Python's default switch interval (5 ms) for the GIL at each turn.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class ModelServer:
