@@ -501,10 +501,6 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    # The event loop that answers requests shares the GIL with the shadow model's, the
-    # log's and the reloader's threads: when one of them computes, the loop waited up to
-    # Python's default switch interval (5 ms) for the GIL at each turn.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class ModelServer:
@@ -758,6 +754,10 @@ def create_service(root: Path) -> bentoml.Service[Any]:
             super().__init__()
             built.slot.instance = self  # from now on /info, /admin and the log see it
             freeze_startup_heap()
+            # The event loop that answers requests shares the GIL with the shadow model's,
+            # the log's and the reloader's threads: when one of them computes, the loop
+            # waited up to Python's default switch interval for the GIL at each turn.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
 
         # async on purpose: the model call is short and CPU-bound, and BentoML runs a sync
         # API in a thread pool limited to one thread, so the hop bought no concurrency and
