@@ -96,6 +96,7 @@ def test_a_canary_starts_a_watcher_that_rolls_it_back_by_itself(project, watcher
     out = start(project, "canary", V2, "--share", "0.5")
     pid = watcher_pid(out)
     watchers.append(pid)
+    assert f"running; guard watcher pid {pid}" in start(project, "status")
     with Registry(registry_url(project)) as reg:
         (started,) = reg.releases(NAME)
         log = project / WATCHERS_DIR / f"{started.id}.log"
@@ -114,6 +115,7 @@ def test_a_canary_starts_a_watcher_that_rolls_it_back_by_itself(project, watcher
     assert rolled_back.end_actor.startswith("nbship release guard (")
     assert (rolled_back.end_reason or "").startswith("worse on labelled feedback")
     assert wait_until(lambda: exited(pid), 30), "the watcher outlived its release"
+    assert not (project / WATCHERS_DIR / f"{started.id}.pid").exists()  # removed as it ended
     text = log.read_text()
     assert f"guarding release {started.id} of {NAME} every 0.2 s" in text
     assert "ALERT release_guard:canary" in text  # monitoring.sinks: a log line
@@ -134,6 +136,7 @@ def test_an_ab_test_s_watcher_ends_when_a_shadow_replaces_it(project, watchers):
 
 def test_no_watcher_with_no_guard_or_check_seconds_null(project):
     assert "in process" not in start(project, "canary", V2, "--share", "0.1", "--no-guard")
+    assert "running; guard watcher not running" in start(project, "status")
     assert "in process" not in start(project, "ab", V2, "--no-guard")
     write_env(project, {"check_seconds": None})
     assert "in process" not in start(project, "canary", V2, "--share", "0.1")

@@ -208,7 +208,10 @@ def check(project: Path, every: float | None) -> None:
 @release.command()
 @PROJECT_OPTION
 def status(project: Path) -> None:
-    """The running release, and the last ones."""
+    """The running release, and the last ones; whether a canary's or an A/B test's
+    guard watcher runs."""
+    from nbship.operate.release_guard import running_watcher
+
     loaded = load_project(project)
     with project_registry(loaded) as registry:
         releases = registry.releases(_name(loaded))[:5]
@@ -216,6 +219,9 @@ def status(project: Path) -> None:
         click.echo(f"no release of {_name(loaded)} yet")
     for r in releases:
         state = "running" if r.active else f"{r.outcome}: {r.end_reason}"
+        if r.active and r.kind != "shadow":
+            pid = running_watcher(loaded.path, r.id)
+            state += "; guard watcher " + (f"pid {pid}" if pid else "not running")
         click.echo(
             f"{r.id}  {r.kind:<6} {r.tag}  share {r.share:.0%}  vs {r.champion_tag}"
             f"  since {r.started_at:%Y-%m-%d %H:%M:%S} UTC  {state}"

@@ -12,6 +12,7 @@ runs the same check once (or every so many seconds) by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,6 +197,22 @@ def watcher_log(project: Path, release_id: int) -> Path:
     return project.resolve() / WATCHERS_DIR / f"{release_id}.log"
 
 
+def watcher_pid_file(project: Path, release_id: int) -> Path:
+    """Holds the watcher's process id while it runs (it removes the file as it ends)."""
+    return watcher_log(project, release_id).with_suffix(".pid")
+
+
+def running_watcher(project: Path, release_id: int) -> int | None:
+    """The process id of release `release_id`'s watcher if it is running, else None (a
+    file left by a watcher that was killed names a process that is gone)."""
+    try:
+        pid = int(watcher_pid_file(project, release_id).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def start_watcher(project: Path, release_id: int) -> Watcher:
     """Launches the watcher of release `release_id` (see the module's docstring): in a
     session of its own, so that the command that started the release, and a Ctrl-C in
@@ -214,6 +231,7 @@ def start_watcher(project: Path, release_id: int) -> Watcher:
             cwd=project,
             start_new_session=True,
         )
+    watcher_pid_file(project, release_id).write_text(f"{proc.pid}\n")
     return Watcher(release_id, proc.pid, log)
 
 
@@ -228,6 +246,14 @@ def _ended(registry: Registry, name: str, release_id: int) -> str:
     if found.active:
         return "still running"
     return f"{found.outcome} by {found.end_actor}: {found.end_reason}"
+
+
+@contextlib.contextmanager
+def _removed_at_exit(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -255,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
     except RegistryError as exc:
         logger.error("release %d not guarded: %s", release_id, exc)
         return 2
-    with registry:
+    with registry, _removed_at_exit(watcher_pid_file(project_dir, release_id)):
         shown = make_url(log_url).render_as_string(hide_password=True)
         logger.info("guarding release %d of %s every %g s on %s (pid %d)", release_id, name,
                     guard.check_seconds, shown, os.getpid())  # fmt: skip
