@@ -46,7 +46,7 @@ def _start(
         " the registry (NBSHIP_RELOAD_SECONDS, or POST /admin/reload)"
     )
     every = project.config.release.guard.check_seconds
-    if kind == "shadow" or not guard or every is None:  # a shadow answers nobody
+    if not guard or every is None:  # (a shadow answers nobody: `shadow` asks for none)
         return
     _watch(project, started.id, every)
 
@@ -174,15 +174,14 @@ def check(project: Path, every: float | None) -> None:
     (env.yaml `release.guard`), roll it back and alert `monitoring.sinks`. `canary` and
     `ab` start a watcher that runs them every `release.guard.check_seconds`; this runs
     them by hand. The servers check error rate and latency themselves."""
-    import socket
     import time
 
     from nbship.operate.alert_rules import parse_config
-    from nbship.operate.release_guard import check_release
+    from nbship.operate.release_guard import check_release, checker
 
     loaded = load_project(project)
     sinks = parse_config(loaded.config.monitoring).sinks
-    actor = f"nbship release check ({getpass.getuser()}@{socket.gethostname()})"
+    actor = checker("nbship release check")
     while True:
         with project_registry(loaded) as registry:
             result = check_release(registry, loaded.log_url(), _name(loaded),
@@ -211,6 +210,7 @@ def status(project: Path) -> None:
     """The running release, and the last ones; whether a canary's or an A/B test's
     guard watcher runs."""
     from nbship.operate.release_guard import running_watcher
+    from nbship.registry.versions import SHADOW
 
     loaded = load_project(project)
     with project_registry(loaded) as registry:
@@ -219,7 +219,7 @@ def status(project: Path) -> None:
         click.echo(f"no release of {_name(loaded)} yet")
     for r in releases:
         state = "running" if r.active else f"{r.outcome}: {r.end_reason}"
-        if r.active and r.kind != "shadow":
+        if r.active and r.kind != SHADOW:
             pid = running_watcher(loaded.path, r.id)
             state += "; guard watcher " + (f"pid {pid}" if pid else "not running")
         click.echo(

@@ -128,6 +128,12 @@ def check_release(
     return GuardCheck(running, found, rolled_back=True, report=summary)
 
 
+def checker(command: str) -> str:
+    """Who rolls a release back, as the registry records it: the command, its user and
+    host (`nbship release check`, or the watcher)."""
+    return f"{command} ({getpass.getuser()}@{socket.gethostname()})"
+
+
 def _registry_gone(registry: Registry) -> bool:
     """A SQLite registry whose file is gone (its project deleted) holds no release any
     more: without this, a watcher would retry there forever."""
@@ -275,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
     if log_url == "off":  # NBSHIP_LOG_URL=off: the servers log nothing to check
         logger.error("release %d not guarded: the prediction log is off", release_id)
         return 2
-    actor = f"nbship release guard ({getpass.getuser()}@{socket.gethostname()})"
+    actor = checker("nbship release guard")
     try:  # create=False: a watcher must never make an empty SQLite registry
         registry = Registry(project.registry_url(), create=False)
     except RegistryError as exc:
