@@ -82,6 +82,7 @@ from nbship.serving.releases import (
 )
 from nbship.serving.request_limits import MAX_JSON_DEPTH, RequestLimits, max_request_bytes
 from nbship.serving.request_log import CURRENT_REQUEST, RECORD_KEYS, RequestLogMiddleware
+from nbship.serving.request_timeout import cancel_request_timers
 from nbship.tasks import Task
 
 CONFIG_FILE = "serving.json"
@@ -742,6 +743,7 @@ def create_service(root: Path) -> bentoml.Service[Any]:
     FeedbackItem = built.feedback_item
     PredictResponse = built.response
     quiet_rejected_requests()
+    cancel_request_timers()
 
     class ModelService(ModelServer):
         """Predicts the target for records keyed by the dataset's column names."""
