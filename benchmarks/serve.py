@@ -127,6 +127,37 @@ async def load(
     return summarise(times, total, failures)
 
 
+async def paced_load(url: str, bodies: list[object], rate: float, connections: int = 32,
+                     path: str = "/predict") -> dict[str, float]:  # fmt: skip
+    """Open loop: a request every 1/`rate` s whatever the pace of the answers (what a
+    service below its capacity sees; `load` runs it at its capacity), over at most
+    `connections` keep-alive connections. A latency counts from when its request was
+    due, so a pause of the server counts for every request it held back too."""
+    payloads = [json.dumps(body).encode() for body in bodies]
+    times: list[float] = []
+    failures = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+        async def one(payload: bytes, due: float) -> None:
+            nonlocal failures
+            await asyncio.sleep(due - time.perf_counter())
+            try:
+                async with session.post(path, data=payload, headers=headers) as r:
+                    await r.read()
+                    failures += r.status != 200
+            except aiohttp.ClientError:
+                failures += 1
+            times.append(time.perf_counter() - due)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p, started + i / rate) for i, p in enumerate(payloads)))
+        total = time.perf_counter() - started
+    return summarise(times, total, failures)
+
+
 def in_process_batch(predict, columns: list[str], rows: list[dict], size: int) -> float:
     """Rows per second of the model on ready `size`-row DataFrames."""
     frame = pd.DataFrame(rows[:size], columns=columns)

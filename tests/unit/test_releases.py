@@ -3,6 +3,8 @@ guard rails, the shadow runner, the answer's arm in the request log, the config.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,6 +227,21 @@ def test_the_shadow_gathers_requests_into_one_call():
     while len(log.entries) < 10 and time.time() < deadline:
         time.sleep(0.01)
     assert calls == [10]  # not ten scikit-learn calls
+    runner.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own priority: Linux only")
+def test_the_shadow_thread_runs_at_the_lowest_cpu_priority():
+    def nice(thread_id: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+    before = nice(threading.get_native_id())
+    runner = ShadowRunner(lambda m, r: [], Log(), capacity=1, max_rows=1)  # type: ignore[arg-type]
+    deadline = time.time() + 5  # the thread lowers its own priority as it starts
+    while nice(runner.thread.native_id or 0) != releases.LOWEST_NICE and time.time() < deadline:
+        time.sleep(0.01)
+    assert nice(runner.thread.native_id or 0) == releases.LOWEST_NICE
+    assert nice(threading.get_native_id()) == before  # the caller's (the answers') is kept
     runner.stop()
 
 
