@@ -71,6 +71,9 @@ def in_process(predict, columns: list[str], rows: list[dict]) -> dict[str, float
     return summarise(times, total, failures=0)
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def summarise(times: list[float], total: float, failures: int) -> dict[str, float]:
     ms = np.array(times) * 1000
     return {
@@ -79,6 +82,22 @@ def summarise(times: list[float], total: float, failures: int) -> dict[str, floa
         "p99_ms": float(np.percentile(ms, 99)),
         "failures": failures,
     }
+
+
+def session(url: str, connections: int) -> aiohttp.ClientSession:
+    """Keep-alive connections to `url`, at most `connections` at once."""
+    connector = aiohttp.TCPConnector(limit=connections)
+    return aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(30))
+
+
+async def answered(client: aiohttp.ClientSession, path: str, payload: bytes) -> bool:
+    """POSTs one JSON body; whether it was answered 200."""
+    try:
+        async with client.post(path, data=payload, headers=JSON_HEADERS) as r:
+            await r.read()
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 async def load(
@@ -103,22 +122,16 @@ async def load(
         queue.put_nowait(payload)
     times: list[float] = []
     failures = 0
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+    async with session(url, concurrency) as client:
 
         async def worker() -> None:
             nonlocal failures
             while not queue.empty():
                 payload = queue.get_nowait()
                 t0 = time.perf_counter()
-                try:
-                    async with session.post(path, data=payload, headers=headers) as r:
-                        await r.read()
-                        failures += r.status != 200
-                except aiohttp.ClientError:
-                    failures += 1
+                # awaited apart: `failures += await ...` reads failures before the await
+                ok = await answered(client, path, payload)
+                failures += not ok
                 times.append(time.perf_counter() - t0)
 
         started = time.perf_counter()
@@ -136,20 +149,13 @@ async def paced_load(url: str, bodies: list[object], rate: float, connections: i
     payloads = [json.dumps(body).encode() for body in bodies]
     times: list[float] = []
     failures = 0
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+    async with session(url, connections) as client:
 
         async def one(payload: bytes, due: float) -> None:
             nonlocal failures
             await asyncio.sleep(due - time.perf_counter())
-            try:
-                async with session.post(path, data=payload, headers=headers) as r:
-                    await r.read()
-                    failures += r.status != 200
-            except aiohttp.ClientError:
-                failures += 1
+            ok = await answered(client, path, payload)
+            failures += not ok
             times.append(time.perf_counter() - due)
 
         started = time.perf_counter()
