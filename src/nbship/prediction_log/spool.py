@@ -152,32 +152,31 @@ class Spool:
         """Spools one entry for the database. True: it is acknowledged (in a spool file,
         delivered even if this process is killed now); False: it was dropped (spool
         full, log not running) or could not be encoded, and counted. Never raises."""
-        try:
-            parts = _encode(entry)
-        except Exception:  # an entry JSON cannot encode
-            with self._lock:
-                self._record_errors += 1
-            return False
-        return self._append(parts, 1) == 1
+        parts, lines = self._encoded([entry])
+        return lines == 1 and self._append(parts, 1) == 1
 
     def record_many(self, entries: Sequence[LogEntry]) -> int:
         """Spools `entries` in one write, under one hold of the lock: how many were
         acknowledged (see `record`). For a background thread with many at once (a
         shadow's answers): one append each made the request path wait for the lock, and
         then for the GIL, once per entry."""
+        parts, lines = self._encoded(entries)
+        # joined once: writev takes at most IOV_MAX (1024) parts, a line has 6
+        return self._append([b"".join(parts)], lines) if lines else 0
+
+    def _encoded(self, entries: Sequence[LogEntry]) -> tuple[list[bytes], int]:
+        """The parts of the entries JSON can encode, and how many those are; the others
+        are counted as record errors."""
         parts: list[bytes] = []
-        lines = failed = 0
+        lines = 0
         for entry in entries:
             try:
                 parts += _encode(entry)
                 lines += 1
-            except Exception:
-                failed += 1
-        if failed:
-            with self._lock:
-                self._record_errors += failed
-        # joined once: writev takes at most IOV_MAX (1024) parts, a line has 6
-        return self._append([b"".join(parts)], lines) if lines else 0
+            except Exception:  # an entry JSON cannot encode
+                with self._lock:
+                    self._record_errors += 1
+        return parts, lines
 
     def _append(self, parts: list[bytes], lines: int) -> int:
         """Appends `lines` whole lines, given as `parts`, with one system call (like a
