@@ -39,3 +39,26 @@ class Sleepy(ClassifierMixin, BaseEstimator):
     def predict(self, frame: Any) -> np.ndarray:
         time.sleep(self.seconds)
         return self.model.predict(frame)
+
+
+class Busy(ClassifierMixin, BaseEstimator):
+    """A fitted classifier that computes in Python for `seconds` every call, holding the
+    GIL all that time: a shadow with a user's own pure-Python step."""
+
+    def __init__(self, model: Any, seconds: float) -> None:
+        self.model = model
+        self.seconds = seconds
+        self.classes_ = model.classes_
+
+    def _busy(self) -> None:
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            sum(range(1000))
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        self._busy()
+        return self.model.predict_proba(frame)
+
+    def predict(self, frame: Any) -> np.ndarray:
+        self._busy()
+        return self.model.predict(frame)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import threading
@@ -28,7 +29,7 @@ from nbship.project import Project as NbshipProject
 from nbship.registry import model_store
 from nbship.registry.versions import Registry
 from tests.conftest import Project
-from tests.release_models import Broken, Sleepy
+from tests.release_models import Broken, Busy, Sleepy
 from tests.support import PROJECT, free_port, start, stop, wait_http, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -219,6 +220,23 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     p99 = [float(np.percentile(t, 99)) for t in (steady, shadowed)]
     # on the request path, 50 ms would be in every answer
     assert med1 < med0 + 25 and p99[1] < 1.5 * p99[0] + 30, (med0, med1, p99)
+
+    # a shadow that computes in Python, holding its interpreter's GIL: it runs in a
+    # process of its own (a thread would hold the GIL the answers need), at idle CPU
+    # priority; the user's model class is found there (benchmarks.release measures it)
+    busy = setup.register(Busy(setup.dummy, 0.01), "busy")
+    setup.nbship("release", "shadow", busy)
+    assert followed(urls, busy, "shadow")
+    answers = [post(a, records[i]) for i in range(10)]
+    assert {r.json()["model"] for r in answers} == {setup.first}
+    ids = [r.headers["x-request-id"] + SHADOW_SUFFIX for r in answers]
+    computed = wait_until(lambda: stored(setup, ids, SHADOW_KIND), 30)
+    assert computed is not None and set(computed["status"]) == {"ok"}
+    info = httpx.get(f"{a}/info", timeout=10).json()["release"]["shadow"]
+    assert info["pid"] is not None, info
+    if sys.platform == "linux":  # spawned by the server, not a thread of it
+        assert b"spawn_main" in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
+        assert os.sched_getscheduler(info["pid"]) == os.SCHED_IDLE
 
     # a shadow that raises: every answer is still the champion's, its errors are logged
     broken = setup.register(Broken(list(setup.dummy.classes_)), "broken")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,15 +20,17 @@ from nbship.config import ConfigError, GuardSettings
 from nbship.packaging.bento import release_settings
 from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry
 from nbship.registry.versions import Registry, RegistryError, Release
-from nbship.serving import releases
+from nbship.serving import shadow
+from nbship.serving.following import ServedModel
+from nbship.serving.predicting import Predictor
 from nbship.serving.releases import (
     ArmWindow,
     ReleaseConfig,
-    ShadowRunner,
     breach,
     takes_trial,
 )
 from nbship.serving.request_log import entry_for
+from nbship.serving.shadow import ShadowBatch, ShadowRunner, ShadowWorker
 
 pytestmark = pytest.mark.unit
 
@@ -163,71 +166,119 @@ class Log:
         return len(entries)
 
 
-class Model:
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
+class Values:
+    """A regressor that answers each record's `x`, or fails on a negative one."""
 
-
-def test_the_shadow_logs_its_answers_and_never_blocks(monkeypatch):
-    monkeypatch.setattr(releases, "SHADOW_LINGER_SECONDS", 0.0)  # batches made by the gate
-    gate = threading.Event()
-    calls: list[int] = []
-
-    def predict(model: Any, records: list[Any]) -> list[dict[str, Any]]:
-        gate.wait(5)
-        calls.append(len(records))
-        if records[0] == "boom":
+    def predict(self, frame: Any) -> list[float]:
+        if (frame["x"] < 0).any():
             raise ValueError("shadow failed")
-        return [{"prediction": float(r)} for r in records]
+        return list(frame["x"])
 
-    log = Log()
-    runner = ShadowRunner(predict, log, capacity=3, max_rows=100)  # type: ignore[arg-type]
-    model = Model("clf:v2")
+
+PREDICTOR = Predictor(("x",), frozenset({"x"}), classification=False)
+
+
+def served(tag: str = "reg:v2") -> ServedModel:
+    return ServedModel(tag, Values(), "registry", "test", {})
+
+
+class Child:
+    """Stands in for the shadow's process: takes each batch once the gate opens."""
+
+    def __init__(self) -> None:
+        self.batches: list[ShadowBatch] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.counts = [0, 0, 0]
+        self.state = "running"
+        self.pid = 1
+
+    def send(self, batch: ShadowBatch) -> bool:
+        self.gate.wait(5)
+        self.batches.append(batch)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def record(x: float) -> Any:
+    return SimpleNamespace(x=x)
+
+
+def runner_of(child: Child, capacity: int) -> ShadowRunner:
+    return ShadowRunner(PREDICTOR, child, capacity, max_rows=100)  # type: ignore[arg-type]
+
+
+def wait_for(check: Any) -> None:
+    deadline = time.time() + 5
+    while not check() and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_shadow_runner_never_blocks_and_drops_what_does_not_fit(monkeypatch):
+    monkeypatch.setattr(shadow, "SHADOW_LINGER_SECONDS", 0.0)  # batches made by the gate
+    child = Child()
+    child.gate.clear()
+    runner = runner_of(child, capacity=3)
+    model = served()
     t0 = time.perf_counter()
-    runner.offer(model, "r0", [1])  # taken by the thread, which waits on the gate
+    runner.offer(model, "r0", [record(0)])  # taken by the thread, which waits on the gate
     time.sleep(0.05)
     for i in range(1, 6):  # three fit in the queue, two are dropped
-        runner.offer(model, f"r{i}", [i, i])
-    assert time.perf_counter() - t0 < 0.5  # offer never waited for the model
-    gate.set()
-    deadline = time.time() + 5
-    while len(log.entries) < 4 and time.time() < deadline:
-        time.sleep(0.01)
-    assert runner.stats()["dropped"] == 2 and calls == [1, 6]  # the queued three in one call
-    first, *rest = log.entries
-    assert (first.request_id, first.kind, first.model_tag) == (
-        f"r0{SHADOW_SUFFIX}",
-        SHADOW_KIND,
-        "clf:v2",
-    )
-    assert [e.outputs for e in rest] == [[{"prediction": float(i)}] * 2 for i in (1, 2, 3)]
-    runner.offer(model, "r9", ["boom"])
-    while len(log.entries) < 5 and time.time() < deadline:
-        time.sleep(0.01)
-    failed = log.entries[-1]
-    assert (failed.status, failed.error_class, failed.outputs) == ("error", "ValueError", None)
+        runner.offer(model, f"r{i}", [record(i), record(i)])
+    assert time.perf_counter() - t0 < 0.5  # offer never waited for the child
+    child.gate.set()
+    wait_for(lambda: len(child.batches) == 2)
+    first, second = child.batches
+    assert (first.tag, first.requests, first.columns) == ("reg:v2", [("r0", 1)], {"x": [0]})
+    # the queued three in one batch, as columns
+    assert second.requests == [("r1", 2), ("r2", 2), ("r3", 2)]
+    assert second.columns == {"x": [1, 1, 2, 2, 3, 3]}
+    assert runner.stats()["dropped"] == 2
     runner.stop()
     runner.thread.join(2)
     assert not runner.thread.is_alive()
 
 
-def test_the_shadow_gathers_requests_into_one_call():
-    calls: list[int] = []
-    log = Log()
-
-    def predict(model: Any, records: list[Any]) -> list[dict[str, Any]]:
-        calls.append(len(records))
-        return [{"prediction": 0.0}] * len(records)
-
-    runner = ShadowRunner(predict, log, capacity=100, max_rows=100)  # type: ignore[arg-type]
-    model = Model("clf:v2")
+def test_the_shadow_runner_gathers_requests_into_one_batch_per_model():
+    child = Child()
+    runner = runner_of(child, capacity=100)
+    v2, v3 = served("reg:v2"), served("reg:v3")
     for i in range(10):  # arriving one by one, as single-record requests do
-        runner.offer(model, f"r{i}", [i])
-    deadline = time.time() + 5
-    while len(log.entries) < 10 and time.time() < deadline:
-        time.sleep(0.01)
-    assert calls == [10]  # not ten scikit-learn calls
+        runner.offer(v2, f"r{i}", [record(i)])
+    runner.offer(v3, "r10", [record(10)])  # the shadow changed: a batch of its own
+    wait_for(lambda: sum(len(b.requests) for b in child.batches) == 11)
+    assert [(b.tag, len(b.requests)) for b in child.batches] == [("reg:v2", 10), ("reg:v3", 1)]
     runner.stop()
+
+
+def test_a_runner_whose_child_cannot_take_a_batch_counts_it_dropped():
+    child = Child()
+    child.send = lambda batch: False  # type: ignore[method-assign]
+    runner = runner_of(child, capacity=100)
+    runner.offer(served(), "r0", [record(0)])
+    wait_for(lambda: runner.stats()["dropped"] == 1)
+    assert runner.stats()["dropped"] == 1
+    runner.stop()
+
+
+def test_the_shadow_worker_logs_an_answer_or_the_error_per_request():
+    log, counts = Log(), [0, 0, 0]
+    worker = ShadowWorker(PREDICTOR, log, counts)  # type: ignore[arg-type]
+    worker.handle(served(), ShadowBatch("reg:v2", [("r0", 1), ("r1", 2)], {"x": [0, 1, 2]}))
+    first, second = log.entries
+    assert (first.request_id, first.kind, first.model_tag, first.status) == (
+        f"r0{SHADOW_SUFFIX}", SHADOW_KIND, "reg:v2", "ok",
+    )  # fmt: skip
+    assert first.outputs == [{"prediction": 0.0}]
+    assert second.outputs == [{"prediction": 1.0}, {"prediction": 2.0}]
+    assert second.n_records == 2
+    worker.handle(served(), ShadowBatch("reg:v2", [("r2", 1)], {"x": [-1]}))
+    failed = log.entries[-1]
+    assert (failed.status, failed.error_class, failed.outputs) == ("error", "ValueError", None)
+    assert failed.error_message == "shadow failed" and failed.http_status == 500
+    assert counts == [2, 1, 0]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a thread's own priority: Linux only")
@@ -236,11 +287,11 @@ def test_the_shadow_thread_runs_at_the_lowest_cpu_priority():
         return os.getpriority(os.PRIO_PROCESS, thread_id)
 
     before = nice(threading.get_native_id())
-    runner = ShadowRunner(lambda m, r: [], Log(), capacity=1, max_rows=1)  # type: ignore[arg-type]
+    runner = runner_of(Child(), capacity=1)
     deadline = time.time() + 5  # the thread lowers its own priority as it starts
-    while nice(runner.thread.native_id or 0) != releases.LOWEST_NICE and time.time() < deadline:
+    while nice(runner.thread.native_id or 0) != shadow.LOWEST_NICE and time.time() < deadline:
         time.sleep(0.01)
-    assert nice(runner.thread.native_id or 0) == releases.LOWEST_NICE
+    assert nice(runner.thread.native_id or 0) == shadow.LOWEST_NICE
     assert nice(threading.get_native_id()) == before  # the caller's (the answers') is kept
     runner.stop()
 

@@ -24,7 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from nbship.prediction_log import read_log, url_for_sqlite
 from nbship.project import LOG_SPOOL_ENV, LOG_URL_ENV, REGISTRY_URL_ENV
-from nbship.serving import following, service
+from nbship.serving import following, predicting, service
 from nbship.serving.compiled import compile_and_verify
 from nbship.tasks import REGRESSION
 from tests.unit.test_service import CONFIG, RECORD, bento_src
@@ -310,6 +310,6 @@ def test_the_task_comes_from_serving_json_then_metadata_then_classification():
 
 
 def test_one_value_per_row_takes_a_column_and_refuses_several_targets():
-    np.testing.assert_array_equal(service.one_per_row(np.array([[1.0], [2.0]]), 2), [1.0, 2.0])
+    np.testing.assert_array_equal(predicting.one_per_row(np.array([[1.0], [2.0]]), 2), [1.0, 2.0])
     with pytest.raises(ValueError, match="one value each"):
-        service.one_per_row(np.ones((2, 2)), 2)
+        predicting.one_per_row(np.ones((2, 2)), 2)

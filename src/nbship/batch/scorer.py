@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel
 
 from nbship.batch.screen import REJECT_SCHEMA, screen
 from nbship.pipeline.contract import Contract, load_suite, record_model
 from nbship.serving.following import ServedModel, config_task, load_champion, resolve_model
-from nbship.serving.service import load_config, one_per_row
+from nbship.serving.predicting import Predictor
+from nbship.serving.service import load_config
 from nbship.tasks import Task
 
 ROW_COLUMN = "row"  # the row's index in the input, in the output as in the rejects
@@ -121,26 +121,9 @@ class Scorer:
     def predict(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Class probabilities (n, classes) or one value per row, as the service computes
         them for a request of the same records."""
-        served = self.served
-        n = len(next(iter(columns.values()))) if columns else 0
-        classify = self.task.is_classification
-        if served.plan is not None:
-            return (
-                served.plan.predict_proba(columns)
-                if classify
-                else served.plan.predict_values(columns)
-            )
-        # as ModelServer.frame: numbers as floats, NaN for any null
-        numeric = {f.name for f in self.contract.fields if f.kind in ("number", "integer")}
-        frame = pd.DataFrame(
-            {
-                c: columns[c] if c in numeric else [np.nan if v is None else v for v in columns[c]]
-                for c in self.columns
-            }
-        )
-        if classify:
-            return np.asarray(served.model.predict_proba(frame))
-        return one_per_row(served.model.predict(frame), n)
+        numeric = frozenset(f.name for f in self.contract.fields if f.kind in ("number", "integer"))
+        predictor = Predictor(tuple(self.columns), numeric, self.task.is_classification)
+        return predictor.outputs(self.served, columns)
 
     def score(self, chunk: pa.Table, first_row: int = 0) -> Scored:
         """`chunk` checked against the contract and its valid rows predicted."""

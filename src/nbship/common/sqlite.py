@@ -10,6 +10,7 @@ Shipped in the bento with the modules that use it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ def database_file(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def file_id(path: os.PathLike[str] | str) -> tuple[int, int] | None:
+    """Which file is at `path` now (device, inode), None when none is: an open SQLite
+    connection goes on using a file that was deleted or replaced, never the new one."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def sqlite_engine(url: str, *, synchronous: str | None = None, **kwargs: Any) -> Engine:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from nbship.common.sqlite import database_file, writer
+from nbship.common.sqlite import database_file, file_id, writer
 from nbship.prediction_log.database import (
     _backend,
     _brief,
@@ -284,12 +284,12 @@ class PredictionLog(Spool):
             _create_table(self._engine)
             self._schema = True
             if self._file is not None:
-                self._file_id = _file_id(self._file)
+                self._file_id = file_id(self._file)
         return self._engine
 
     def _file_gone(self) -> bool:
         """The SQLite file is no longer the one the connections have open."""
-        return self._file is not None and _file_id(self._file) != self._file_id
+        return self._file is not None and file_id(self._file) != self._file_id
 
     def _deliver(self) -> None:
         """Everything in the spool, batch by batch; raises if the database fails."""
@@ -356,11 +356,3 @@ class PredictionLog(Spool):
         self._release_spools()
         if self._engine is not None:
             self._engine.dispose()
-
-
-def _file_id(path: os.PathLike[str] | str) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino

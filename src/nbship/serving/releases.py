@@ -1,6 +1,6 @@
 """A release on one server (see nbship.registry.versions.Release): which arm answers a
-request, the shadow model's predictions off the request path, and the guard rails that
-roll a canary (or an A/B arm "b") back by themselves.
+request and the guard rails that roll a canary (or an A/B arm "b") back by themselves;
+the shadow model predicts in nbship.serving.shadow.
 
 Every server sharing a registry follows its release as it follows the champion (the
 Reloader in serving.following); what is here is what one server does with it.
@@ -8,18 +8,14 @@ Reloader in serving.following); what is here is what one server does with it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import queue
 import random
-import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +24,6 @@ from prometheus_client import Counter
 
 from nbship.common.webhook import post_alerts
 from nbship.config import GuardSettings, ReleaseSettings
-from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, LogEntry, PredictionLog
 from nbship.registry.versions import SHADOW, Release
 
 if TYPE_CHECKING:
@@ -38,19 +33,12 @@ ARM_HEADER = "x-nbship-arm"
 # one more webhook for the guard rails' alerts, where the bento is served (env.yaml's
 # `monitoring.sinks` webhooks are the ones packaged)
 ALERT_WEBHOOK_ENV = "NBSHIP_ALERT_WEBHOOK"
-SHADOW_LINGER_SECONDS = 0.05  # how long the shadow lets requests gather into one call
-LOWEST_NICE = 19  # the shadow thread's CPU priority (Linux nice values: -20 to 19)
 logger = logging.getLogger("bentoml.nbship.release")
 
 RELEASE_ANSWERS = Counter(
     name="nbship_release_answers",
     documentation="Requests answered while a release runs, by arm and model tag",
     labelnames=["arm", "model_tag"],
-)
-SHADOW_PREDICTIONS = Counter(
-    name="nbship_shadow_predictions",
-    documentation="Requests given to the shadow model, by outcome (ok, error, dropped)",
-    labelnames=["outcome"],
 )
 
 
@@ -183,113 +171,3 @@ def send_alert(config: ReleaseConfig, alert: Mapping[str, Any]) -> list[str]:
             failed.append(f"{type(exc).__name__}: {exc}")
             logger.warning("alert webhook failed: %s", failed[-1])
     return failed
-
-
-def lowest_cpu_priority() -> None:
-    """Gives the calling thread the lowest CPU priority, so that on a busy machine the
-    kernel runs the threads that answer requests first (Linux schedules each thread on
-    its own and takes its id for a process id; elsewhere that id could name another
-    process, so nothing is done). Lowering a priority needs no privilege."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_NICE)
-
-
-# one shadowed request: the model, the request's id, its records
-_Shadowed = tuple["ServedModel", str, list[Any]]
-
-
-@dataclass
-class ShadowRunner:
-    """Runs the shadow model on requests the champion has answered, in a thread of its
-    own: `offer` never blocks (a full queue drops the request and counts it), and what
-    is queued together is predicted in one call. Each answer is a `shadow` row of the
-    prediction log beside the champion's row of the same request."""
-
-    predict: Callable[[ServedModel, list[Any]], list[dict[str, Any]]]
-    log: PredictionLog
-    capacity: int
-    max_rows: int
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "dropped": 0})
-
-    def __post_init__(self) -> None:
-        self.queue: queue.Queue[_Shadowed | None] = queue.Queue(self.capacity)
-        self.thread = threading.Thread(target=self.run, name="shadow", daemon=True)
-        self.thread.start()
-
-    def offer(self, model: ServedModel, request_id: str, records: list[Any]) -> None:
-        try:
-            self.queue.put_nowait((model, request_id, records))
-        except queue.Full:
-            self._count("dropped")
-
-    def stats(self) -> dict[str, int]:
-        return {**self.counts, "queued": self.queue.qsize()}
-
-    def stop(self) -> None:
-        # when full, the thread is a daemon: it ends with the process
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(None)
-
-    def _count(self, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] += n
-        SHADOW_PREDICTIONS.labels(outcome=outcome).inc(n)
-
-    def run(self) -> None:
-        # the shadow model competes for the CPU with the answers: on two busy cores it
-        # cost the champion 10-13% of its req/s at normal priority, 0-6% at the lowest
-        lowest_cpu_priority()
-        held: list[_Shadowed | None] = []  # taken from the queue, for the next batch
-        while True:
-            item = held.pop() if held else self.queue.get()
-            if item is None:  # stop()
-                return
-            # nobody waits for a shadow's answer: let requests gather, then predict them
-            # in one call (one scikit-learn call per request cost as much as serving it)
-            time.sleep(SHADOW_LINGER_SECONDS)
-            batch, rows = [item], len(item[2])
-            # what else waits for the same model joins this call
-            while rows < self.max_rows:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None or more[0] is not item[0]:
-                    held.append(more)
-                    break
-                batch.append(more)
-                rows += len(more[2])
-            self._predict(batch)
-
-    def _predict(self, batch: list[_Shadowed]) -> None:
-        model = batch[0][0]
-        started = datetime.now(UTC)
-        t0 = time.perf_counter()
-        try:
-            answers: list[dict[str, Any]] | None = self.predict(
-                model, [r for _, _, records in batch for r in records]
-            )
-            error = None
-        # a shadow model that fails is what a shadow release is there to find out
-        except Exception as exc:
-            answers, error = None, exc
-        ms = (time.perf_counter() - t0) * 1000 / len(batch)
-        start = 0
-        entries = []
-        for _, request_id, records in batch:
-            outputs = None if answers is None else answers[start : start + len(records)]
-            start += len(records)
-            entry = LogEntry(
-                request_id=f"{request_id}{SHADOW_SUFFIX}", ts=started, kind=SHADOW_KIND,
-                model_tag=model.tag, inputs=None, outputs=outputs, latency_ms=ms,
-                status="ok" if error is None else "error",
-                http_status=200 if error is None else 500,
-                error_class=None if error is None else type(error).__name__,
-                error_message=None if error is None else str(error)[:2000],
-                n_records=len(records),
-            )  # fmt: skip
-            entries.append(entry)
-        # in one write: one each made the request loop wait for the spool's lock, then for
-        # the GIL, once per answer (the champion's p99 x1.6 with a shadow, in the benchmark)
-        self.log.record_many(entries)
-        self._count("ok" if error is None else "error", len(batch))

@@ -29,7 +29,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 import bentoml
 import numpy as np
-import pandas as pd
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -70,19 +69,20 @@ from nbship.serving.following import (
 )
 from nbship.serving.live_metrics import LiveMetrics
 from nbship.serving.openapi import OpenAPIDocument, amend
+from nbship.serving.predicting import Predictor
 from nbship.serving.releases import (
     ARM_HEADER,
     RELEASE_ANSWERS,
     ArmWindow,
     ReleaseConfig,
     ServedRelease,
-    ShadowRunner,
     breach,
     takes_trial,
 )
 from nbship.serving.request_limits import MAX_JSON_DEPTH, RequestLimits, max_request_bytes
 from nbship.serving.request_log import CURRENT_REQUEST, RECORD_KEYS, RequestLogMiddleware
 from nbship.serving.request_timeout import cancel_request_timers
+from nbship.serving.shadow import ShadowProcess, ShadowRunner, ShadowSpec
 from nbship.tasks import Task
 
 CONFIG_FILE = "serving.json"
@@ -517,8 +517,9 @@ class ModelServer:
         self.log: PredictionLog | None
         self.log, self.log_state = open_log(config)
         logger.info("serving %s from the %s (%s)", served.tag, served.source, served.reason)
-        self.columns = list(config["columns"])
-        self.numeric = self.parts.numeric
+        self.predictor = Predictor(
+            tuple(config["columns"]), self.parts.numeric, self.parts.task.is_classification
+        )
         self.swap(served)
         self.batcher = MicroBatcher(self.champion_outputs, max_rows=config["max_batch"])
         # a canary's or arm b's requests batch together, apart from the champion's, and
@@ -530,14 +531,15 @@ class ModelServer:
         )
         self.release_config = ReleaseConfig.from_config(config.get("release"))
         self.guard = self.release_config.guard
-        self.set_release(None)
         # the shadow's answers are rows of the log: no log, no shadow
         self.shadow = (
             None if self.log is None else ShadowRunner(
-                self.predictions_of, self.log, self.release_config.settings.shadow_queue,
-                config["max_batch"],
+                self.predictor,
+                ShadowProcess(ShadowSpec(self.predictor, self.log.url, str(self.log.spool_dir))),
+                self.release_config.settings.shadow_queue, config["max_batch"],
             )
         )  # fmt: skip
+        self.set_release(None)
         self.reloader = Reloader(
             self, config, float(os.environ.get(RELOAD_ENV) or config.get("reload_seconds", 0))
         )
@@ -554,6 +556,8 @@ class ModelServer:
         """Makes `release` the one new requests follow (None: only the champion answers);
         the guard rails' windows start again."""
         self.windows = (ArmWindow(self.guard.window_seconds), ArmWindow(self.guard.window_seconds))
+        if release is not None and not release.splits_traffic and self.shadow is not None:
+            self.shadow.load(release.model)  # the shadow's process holds it before any request
         self.release = release
 
     def guard_breach(self) -> str | None:
@@ -634,7 +638,7 @@ class ModelServer:
             self.shadow.offer(running.model, current.id, records)
 
     def close(self) -> None:
-        self.reloader.stop.set()
+        self.reloader.close()
         if self.shadow is not None:
             self.shadow.stop()
         if self.log is not None:
@@ -648,25 +652,11 @@ class ModelServer:
         body: dict[str, Any] = {"model": served.tag}
         if arm is not None:  # between the two: the request log reads the answer's head
             body["arm"] = arm
-        body["predictions"] = self.predictions(served, output)
+        body["predictions"] = self.predictor.predictions(served, output)
         # a regressor's non-finite prediction is JSON null: the answer (and the log) stay JSON
         content = to_json(body, inf_nan_mode="null")
         headers = None if arm is None else {ARM_HEADER: arm}
         return Response(content, media_type="application/json", headers=headers)
-
-    def predictions(self, served: ServedModel, output: np.ndarray) -> list[dict[str, Any]]:
-        """One answer per record: its label and class probabilities, or its value."""
-        if not self.parts.task.is_classification:
-            return [{"prediction": v} for v in output.tolist()]
-        classes = served.classes
-        return [
-            {"label": classes[i], "probabilities": dict(zip(classes, row, strict=True))}
-            for i, row in zip(np.argmax(output, axis=1).tolist(), output.tolist(), strict=True)
-        ]
-
-    def predictions_of(self, served: ServedModel, records: list[Any]) -> list[dict[str, Any]]:
-        """`served`'s answers to `records` (a shadow's, for the log)."""
-        return self.predictions(served, self.outputs(served, records))
 
     def record_feedback(self, items: list[BaseModel]) -> dict[str, Any] | Response:
         """Spools the feedback; answered only once it is in the prediction log's spool,
@@ -694,44 +684,7 @@ class ModelServer:
         return running.model, self.outputs(running.model, records)
 
     def outputs(self, served: ServedModel, records: list[Any]) -> np.ndarray:
-        """`served`'s class probabilities (a classifier) or one number per record (a
-        regressor): the compiled plan on columns when it was verified, else the
-        scikit-learn pipeline on a DataFrame."""
-        classification = self.parts.task.is_classification
-        if served.plan is not None:
-            columns = {c: [getattr(r, c) for r in records] for c in self.columns}
-            if classification:
-                return served.plan.predict_proba(columns)
-            return served.plan.predict_values(columns)
-        frame = self.frame(records)
-        if classification:
-            return np.asarray(served.model.predict_proba(frame))
-        return one_per_row(served.model.predict(frame), len(records))
-
-    def frame(self, records: list[Any]) -> pd.DataFrame:
-        """Columnar construction: one list per column, not one dict per row. Nulls are
-        NaN, as in training: an all-None column would otherwise be an object column of
-        Nones, which the imputers do not count as missing."""
-        return pd.DataFrame(
-            {
-                c: np.array([getattr(r, c) for r in records], dtype=float)
-                if c in self.numeric
-                else [np.nan if (v := getattr(r, c)) is None else v for r in records]
-                for c in self.columns
-            }
-        )
-
-
-def one_per_row(predicted: Any, n: int) -> np.ndarray:
-    """A regressor's predictions as n floats: some give a (n, 1) column for one target."""
-    values = np.asarray(predicted, dtype=float)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.shape != (n,):
-        raise ValueError(
-            f"the model predicted shape {values.shape} for {n} records, not one value each"
-        )
-    return values
+        return self.predictor.outputs(served, self.predictor.columns_of(records))
 
 
 def create_service(root: Path) -> bentoml.Service[Any]:
