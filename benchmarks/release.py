@@ -71,6 +71,16 @@ def python_bound(registry_url: str, store: Path, like: str, seconds: float) -> s
     return tag
 
 
+def resident(pid: int | None) -> str:
+    """A process's resident memory, in words (Linux's /proc; elsewhere unknown)."""
+    status = Path(f"/proc/{pid}/status")
+    if pid is None or not status.exists():
+        return "memory unknown"
+    kib = next(int(line.split()[1]) for line in status.read_text().splitlines()
+               if line.startswith("VmRSS:"))  # fmt: skip
+    return f"{kib / 1024:.0f} MiB resident"
+
+
 def start_release(registry_url: str, url: str, tag: str, kind: str, share: float) -> None:
     with Registry(registry_url) as registry:
         registry.start_release(tag, kind, share, actor="benchmark", reason="b")
@@ -126,6 +136,7 @@ def main() -> None:
             end_release(registry_url, url)
         start_release(registry_url, url, second, "shadow", 1.0)  # the shadow's counters
         shadow = httpx.get(f"{url}/info", timeout=10).json()["release"]["shadow"]
+        rss = resident(shadow["pid"])
     finally:
         stop(server)
     phases = {
@@ -143,7 +154,7 @@ def main() -> None:
               f"{r['failures']:>6.0f}{r['p99_ms'] / steady['p99_ms']:>14.2f}"
               f"{r['rps'] / steady['rps']:>16.2f}")  # fmt: skip
     print(f"shadow (cumulative): {shadow['ok']} answers logged, {shadow['dropped']} dropped"
-          f" (queue full), {shadow['error']} errors")  # fmt: skip
+          f" (queue full), {shadow['error']} errors; its process: {rss}")  # fmt: skip
     for loop, (with_shadow, steady_name) in {
         "at capacity": ("with shadow", "steady"),
         f"paced at {args.pace:g} x capacity": ("shadow, paced", "steady, paced"),

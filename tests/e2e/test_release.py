@@ -233,10 +233,11 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     computed = wait_until(lambda: stored(setup, ids, SHADOW_KIND), 30)
     assert computed is not None and set(computed["status"]) == {"ok"}
     info = httpx.get(f"{a}/info", timeout=10).json()["release"]["shadow"]
-    assert info["pid"] is not None, info
+    shadow_pid = info["pid"]
+    assert shadow_pid is not None, info
     if sys.platform == "linux":  # spawned by the server, not a thread of it
-        assert b"spawn_main" in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
-        assert os.sched_getscheduler(info["pid"]) == os.SCHED_IDLE
+        assert b"spawn_main" in Path(f"/proc/{shadow_pid}/cmdline").read_bytes()
+        assert os.sched_getscheduler(shadow_pid) == os.SCHED_IDLE
 
     # a shadow that raises: every answer is still the champion's, its errors are logged
     broken = setup.register(Broken(list(setup.dummy.classes_)), "broken")
@@ -274,6 +275,8 @@ def test_shadow_canary_and_ab_on_two_servers(servers: tuple[Setup, list[str]]):
     refused = httpx.post(f"{a}/admin/release", json={**body, "share": 2}, headers=auth, timeout=30)
     assert refused.status_code == 400 and "share 2" in refused.json()["detail"]
     assert followed(urls, setup.second, "canary")
+    if sys.platform == "linux":  # the shadow release ended, and so did its process
+        assert wait_until(lambda: not Path(f"/proc/{shadow_pid}").exists(), 30)
     bodies = [(records[i % len(records)], None) for i in range(1000)]
     answers = asyncio.run(concurrent(urls, bodies))
     assert all(r is not None and r.status_code == 200 for r in answers)

@@ -1,6 +1,7 @@
 """The shadow's own process, for real: spawned with a model, it writes a `shadow` row of
 the prediction log per request it is handed, at idle CPU priority; killed, it is
-started again with the model it had; closed, it delivers its log and ends."""
+started again with the model it had; closed, it delivers its log and ends; a model it
+cannot be sent or cannot load is refused in words."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -57,19 +59,43 @@ def test_the_shadow_process_logs_answers_and_outlives_its_own_death(tmp_path: Pa
         assert child.process.pid != first and child.state == "running"
         got = wait_until(lambda: rows(url, ["d" + SHADOW_SUFFIX]), TIMEOUT)
         assert got is not None and got["d" + SHADOW_SUFFIX][0]["prediction"] == pytest.approx(10.0)
+        # ended with its release: no process is left, and none starts for a late batch
+        process = child.process
+        child.close()
+        assert not process.is_alive() and child.pid is None
+        assert not child.send(ShadowBatch("reg:v2", [("e", 1)], {"x": [1.0]}))
+        assert child.pid is None and child.state == "ended with its release"
     finally:
         child.close()
-    assert child.process is not None and not child.process.is_alive()
 
 
-def test_a_model_the_child_cannot_take_is_refused_in_words(tmp_path: Path):
-    url = url_for_sqlite(tmp_path / "log.db")
+def refuse() -> None:
+    raise RuntimeError("no such model class here")
+
+
+class ElsewhereOnly:
+    """Pickles in the server; unpickling it (in the child) raises, as a model whose class
+    the child cannot import would."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return refuse, ()
+
+
+def test_a_model_that_cannot_be_sent_or_loaded_is_refused_in_words(tmp_path: Path):
     predictor = Predictor(("x",), frozenset({"x"}), classification=False)
-    # a lambda pickles by name, which the child cannot import
-    unpicklable = ServedModel("reg:v9", lambda frame: frame, "registry", "test", {})
-    child = ShadowProcess(ShadowSpec(predictor, url, str(tmp_path / "spool")))
+    child = ShadowProcess(ShadowSpec(predictor, url_for_sqlite(tmp_path / "log.db"),
+                                     str(tmp_path / "spool")))  # fmt: skip
     try:
-        assert not child.load(unpicklable)
-        assert "cannot be sent" in child.state and "reg:v9" not in child.state
+        # a lambda pickles by name, which cannot be found
+        assert not child.load(ServedModel("reg:v8", lambda f: f, "registry", "test", {}))
+        assert child.state.startswith("the shadow model cannot be sent") and child.pid is None
+        assert not child.load(ServedModel("reg:v9", ElsewhereOnly(), "registry", "test", {}))
+        assert child.state == (
+            "the shadow process cannot load the model (RuntimeError: no such model class here)"
+        )
+        assert child.pid is not None and child.model is None  # alive, not restarted for it
+        # its requests reach the child, which skips and counts them
+        assert child.send(ShadowBatch("reg:v9", [("a", 1)], {"x": [1.0]}))
+        assert wait_until(lambda: child.counts[shadow.STALE] == 1, TIMEOUT)
     finally:
         child.close()

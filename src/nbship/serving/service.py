@@ -531,6 +531,7 @@ class ModelServer:
         )
         self.release_config = ReleaseConfig.from_config(config.get("release"))
         self.guard = self.release_config.guard
+        self.release: ServedRelease | None = None
         # the shadow's answers are rows of the log: no log, no shadow
         self.shadow = (
             None if self.log is None else ShadowRunner(
@@ -556,8 +557,11 @@ class ModelServer:
         """Makes `release` the one new requests follow (None: only the champion answers);
         the guard rails' windows start again."""
         self.windows = (ArmWindow(self.guard.window_seconds), ArmWindow(self.guard.window_seconds))
-        if release is not None and not release.splits_traffic and self.shadow is not None:
-            self.shadow.load(release.model)  # the shadow's process holds it before any request
+        if self.shadow is not None:
+            if release is not None and not release.splits_traffic:
+                self.shadow.load(release.model)  # its process holds it before any request
+            elif self.release is not None and not self.release.splits_traffic:
+                self.shadow.unload()  # the shadow release ended: so does its process
         self.release = release
 
     def guard_breach(self) -> str | None:

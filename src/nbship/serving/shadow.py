@@ -18,11 +18,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import threading
 import time
-from collections.abc import MutableSequence
+from collections.abc import Iterator, MutableSequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -146,6 +147,11 @@ def serve_shadow(conn: Connection, counts: MutableSequence[int], spec: ShadowSpe
                 kind, payload = conn.recv()
             except (EOFError, OSError):  # the server closed it, or is gone
                 return
+            # a model this process cannot unpickle (its class not importable here): said,
+            # and the one it had stays
+            except Exception as exc:
+                conn.send(("refused", f"{type(exc).__name__}: {exc}"))
+                continue
             if kind == "model":
                 model = payload
                 conn.send(("ready", payload.tag))
@@ -170,7 +176,7 @@ class ShadowProcess:
         self.counts: MutableSequence[int] = self.context.RawArray("q", 3)  # written by the child
         self.process: BaseProcess | None = None
         self.conn: Connection | None = None
-        self.model: ServedModel | None = None
+        self.model: tuple[str, bytes] | None = None  # the child's model: tag, pickled
         self.state = "not started"  # for /info
         self.started_at = float("-inf")
         self.lock = threading.Lock()
@@ -184,19 +190,20 @@ class ShadowProcess:
     def load(self, model: ServedModel) -> bool:
         """Makes `model` the one the child predicts with, starting the child if needed;
         returns once the child holds it (False, and `state` says why, when it cannot)."""
-        self.model = model
-        if not self.lock.acquire(timeout=5):
-            # the runner's thread waits to send to a child that takes nothing (a model
-            # stuck in its call): that child is done; the send fails and lets go
-            if self.process is not None:
-                self.process.kill()
-            self.lock.acquire()
-        try:
-            if self.process is not None and self.process.is_alive() and self._hand(model):
-                return True
-            return self._start(model)
-        finally:
-            self.lock.release()
+        try:  # once, here: sent to this child, and again to the next one if it dies
+            sent = pickle.dumps(("model", model), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # a model object that cannot be pickled
+            self.state = f"the shadow model cannot be sent ({type(exc).__name__}: {exc})"
+            logger.error("shadow of %s: %s", model.tag, self.state)
+            return False
+        self.model = (model.tag, sent)
+        with self._locked():
+            if self.process is not None and self.process.is_alive():
+                if self._hand():
+                    return True
+                if self.model is None:  # refused: a new child could not load it either
+                    return False
+            return self._start()
 
     def send(self, batch: ShadowBatch) -> bool:
         """Hands a batch to the child; False when there is no child to take it now."""
@@ -206,7 +213,7 @@ class ShadowProcess:
                     return False
                 code = None if self.process is None else self.process.exitcode
                 logger.warning("the shadow process ended (exit code %s): starting it again", code)
-                if not self._start(self.model):
+                if not self._start():
                     return False
             assert self.conn is not None
             try:
@@ -215,16 +222,38 @@ class ShadowProcess:
                 return False
             return True
 
-    def close(self) -> None:
-        with self.lock:
+    def close(self, wait: bool = True) -> None:
+        """Ends the child (it delivers its log first) and forgets its model: a shadow
+        release that ended leaves no process behind. `wait=False` leaves the wait for
+        its end to a thread (the reloader must not wait for it)."""
+        with self._locked():
+            self.model = None
+            self.state = "ended with its release"
             if self.conn is not None:
-                self.conn.close()  # the child delivers its log and ends
-            if self.process is not None:
-                self.process.join(10)
-                if self.process.is_alive():
-                    self.process.kill()
+                self.conn.close()
+                self.conn = None
+            process, self.process = self.process, None
+        if process is not None:
+            if wait:
+                _end(process)
+            else:
+                threading.Thread(target=_end, args=(process,), daemon=True).start()
 
-    def _start(self, model: ServedModel) -> bool:  # under the lock
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The pipe's lock, from the reloader's thread or at shutdown. The runner's thread
+        holds it while it waits to send, so when it is not free soon, the child takes
+        nothing (a model stuck in its call): that child is done, and its end lets go."""
+        if not self.lock.acquire(timeout=5):
+            if self.process is not None:
+                self.process.kill()
+            self.lock.acquire()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def _start(self) -> bool:  # under the lock, with a model
         self.started_at = time.monotonic()
         if self.process is not None:
             self.process.kill()  # dead already, or stuck on its last model
@@ -239,27 +268,36 @@ class ShadowProcess:
         self.process.start()
         theirs.close()
         self.conn = ours
-        return self._hand(model)
+        return self._hand()
 
-    def _hand(self, model: ServedModel) -> bool:  # under the lock
-        assert self.conn is not None
+    def _hand(self) -> bool:  # under the lock, with a model
+        assert self.conn is not None and self.model is not None
+        tag, sent = self.model
         try:
-            self.conn.send(("model", model))
+            self.conn.send_bytes(sent)  # what conn.send would write: the child's recv reads it
             deadline = time.monotonic() + START_SECONDS
+            self.state = f"the shadow process took no model in {START_SECONDS:g} s"
             while self.conn.poll(max(0.0, deadline - time.monotonic())):
-                kind, tag = self.conn.recv()
-                if kind == "ready" and tag == model.tag:
+                kind, said = self.conn.recv()
+                if kind == "ready" and said == tag:
                     self.state = "running"
                     return True
-            self.state = f"the shadow process took no model in {START_SECONDS:g} s"
+                if kind == "refused":
+                    self.state = f"the shadow process cannot load the model ({said})"
+                    self.model = None  # a new child could not either
+                    break
         except (OSError, EOFError) as exc:
             code = self.process.exitcode if self.process else None
             self.state = f"the shadow process ended (exit code {code}; {type(exc).__name__})"
-        # pickling the model can fail too (an object that is not picklable)
-        except Exception as exc:
-            self.state = f"the shadow model cannot be sent ({type(exc).__name__}: {exc})"
-        logger.error("shadow of %s: %s", model.tag, self.state)
+        logger.error("shadow of %s: %s", tag, self.state)
         return False
+
+
+def _end(process: BaseProcess) -> None:
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
 
 
 @dataclass
@@ -285,6 +323,11 @@ class ShadowRunner:
     def load(self, model: ServedModel) -> bool:
         """From the reloader's thread, as a shadow release starts: see ShadowProcess.load."""
         return self.child.load(model)
+
+    def unload(self) -> None:
+        """From the reloader's thread, as the shadow release ends: the child ends; what is
+        still queued for it is dropped."""
+        self.child.close(wait=False)
 
     def offer(self, model: ServedModel, request_id: str, records: list[Any]) -> None:
         try:
