@@ -270,3 +270,12 @@ def test_a_deleted_sqlite_registry_ends_the_watch(registry, tmp_path, monkeypatc
         path.parent.rmdir()
         assert watching.returned()
     assert registry.active_release("clf") == started  # another registry: untouched
+
+
+def test_a_watcher_that_cannot_start_removes_its_pid_file(tmp_path):
+    (tmp_path / "env.yaml").write_text("no_such_key: 1\n")
+    pid_file = release_guard.watcher_pid_file(tmp_path, 7)  # written by start_watcher
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text("12345\n")
+    assert release_guard.main([str(tmp_path), "7"]) == 2
+    assert not pid_file.exists()  # `nbship release status` must not see a watcher

@@ -267,6 +267,12 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     project_dir, release_id = Path(argv[0]), int(argv[1])
+    # on every way out: a pid file left behind would say a watcher runs
+    with _removed_at_exit(watcher_pid_file(project_dir, release_id)):
+        return _guard(project_dir, release_id)
+
+
+def _guard(project_dir: Path, release_id: int) -> int:
     try:
         project = Project.load(project_dir)
         sinks = parse_config(project.config.monitoring).sinks
@@ -287,7 +293,7 @@ def main(argv: Sequence[str]) -> int:
     except RegistryError as exc:
         logger.error("release %d not guarded: %s", release_id, exc)
         return 2
-    with registry, _removed_at_exit(watcher_pid_file(project_dir, release_id)):
+    with registry:
         shown = make_url(log_url).render_as_string(hide_password=True)
         logger.info("guarding release %d of %s every %g s on %s (pid %d)", release_id, name,
                     guard.check_seconds, shown, os.getpid())  # fmt: skip
