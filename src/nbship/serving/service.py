@@ -80,7 +80,12 @@ from nbship.serving.releases import (
     takes_trial,
 )
 from nbship.serving.request_limits import MAX_JSON_DEPTH, RequestLimits, max_request_bytes
-from nbship.serving.request_log import CURRENT_REQUEST, RECORD_KEYS, RequestLogMiddleware
+from nbship.serving.request_log import (
+    CURRENT_REQUEST,
+    RECORD_KEYS,
+    CurrentRequest,
+    RequestLogMiddleware,
+)
 from nbship.serving.request_timeout import cancel_request_timers
 from nbship.serving.shadow import ShadowProcess, ShadowRunner, ShadowSpec
 from nbship.tasks import Task
@@ -598,7 +603,9 @@ class ModelServer:
             served, output = await self.batcher(records, caller)
             return self.answer(served, output)
         champion_arm, trial_arm = running.release.arms
-        if running.splits_traffic and takes_trial(running.release, self.routing_key(records)):
+        if running.splits_traffic and takes_trial(
+            running.release, self.routing_key(current, records)
+        ):
             t0 = time.perf_counter()
             try:
                 served, output = await self.trial_batcher(records, caller)
@@ -614,7 +621,7 @@ class ModelServer:
                 return self.answer(served, output, trial_arm)
         if not running.splits_traffic:  # a shadow: the champion answers, as without one
             served, output = await self.batcher(records, caller)
-            self.offer_shadow(running, records)
+            self.offer_shadow(current, running, records)
             return self.answer(served, output)
         t0 = time.perf_counter()
         served, output = await self.batcher(records, caller)
@@ -622,10 +629,9 @@ class ModelServer:
         RELEASE_ANSWERS.labels(arm=champion_arm, model_tag=served.tag).inc()
         return self.answer(served, output, champion_arm)
 
-    def routing_key(self, records: list[Any]) -> str | None:
+    def routing_key(self, current: CurrentRequest | None, records: list[Any]) -> str | None:
         """What keeps a caller on one arm: the configured header, else the configured
         field of the request's first record, else nothing (a random draw)."""
-        current = CURRENT_REQUEST.get()
         name = self.release_config.settings.key_header.lower().encode()
         for header, sent in current.headers if current else ():
             if header == name:
@@ -634,8 +640,9 @@ class ModelServer:
         value = getattr(records[0], field, None) if field else None
         return None if value is None else str(value)
 
-    def offer_shadow(self, running: ServedRelease, records: list[Any]) -> None:
-        current = CURRENT_REQUEST.get()
+    def offer_shadow(
+        self, current: CurrentRequest | None, running: ServedRelease, records: list[Any]
+    ) -> None:
         if self.shadow is None or current is None:
             return
         if running.release.share >= 1 or random.random() < running.release.share:
