@@ -5,11 +5,12 @@ the serving process's GIL, so a shadow model that computes in Python (a user's o
 transformer, a row-wise `apply`) holds the lock the request loop needs at every turn,
 and one that crashes the interpreter takes the server with it. Here the server only
 gathers the shadowed requests (`ShadowRunner.offer` never blocks: a full queue drops the
-request and counts it) and hands each batch, as plain columns, to a child process at the
-lowest CPU priority (`ShadowProcess`), which predicts with the same code as the request
+request and counts it) and hands each batch, as plain columns, to a child process at
+idle CPU priority (`ShadowProcess`), which predicts with the same code as the request
 path (nbship.serving.predicting) and writes each answer as a `shadow` row of the
-prediction log, through a spool folder of its own beside the server's. A child that dies
-is started again, with the model it had.
+prediction log, through a spool folder of its own beside the server's. The child starts
+with the shadow release and ends with it; one that dies is started again, with the
+model it had.
 """
 
 from __future__ import annotations
