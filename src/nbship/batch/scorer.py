@@ -121,8 +121,7 @@ class Scorer:
     def predict(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Class probabilities (n, classes) or one value per row, as the service computes
         them for a request of the same records."""
-        numeric = frozenset(f.name for f in self.contract.fields if f.kind in ("number", "integer"))
-        predictor = Predictor(tuple(self.columns), numeric, self.task.is_classification)
+        predictor = Predictor.of(self.contract, self.task.is_classification)  # as the service's
         return predictor.outputs(self.served, columns)
 
     def score(self, chunk: pa.Table, first_row: int = 0) -> Scored:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from nbship.pipeline.contract import Contract
     from nbship.serving.following import ServedModel
 
 Columns = Mapping[str, Sequence[Any]]
@@ -27,6 +28,15 @@ class Predictor:
     columns: tuple[str, ...]
     numeric: frozenset[str]
     classification: bool
+
+    @classmethod
+    def of(cls, contract: Contract, classification: bool) -> Predictor:
+        """The contract's columns, in its order; the numbers among them by its kinds."""
+        return cls(
+            tuple(f.name for f in contract.fields),
+            frozenset(f.name for f in contract.fields if f.kind in ("number", "integer")),
+            classification,
+        )
 
     def columns_of(self, records: Sequence[Any]) -> dict[str, list[Any]]:
         """The records' values, one list per feature column."""

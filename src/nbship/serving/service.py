@@ -461,7 +461,7 @@ class ServiceParts:
     response: type[BaseModel]  # the documented /predict answer
     label: Any  # Literal[<the configured classes>], or float for a regressor
     feedback_item: type[BaseModel]
-    numeric: frozenset[str]
+    predictor: Predictor  # how the model's answers are made from records
     metrics: LiveMetrics
     slot: InstanceSlot
     info_app: Starlette  # GET /info, POST /admin/reload and /admin/retrain
@@ -485,7 +485,7 @@ class ServiceParts:
             response=response_model(task, classes),
             label=feedback_item.model_fields["label"].annotation,
             feedback_item=feedback_item,
-            numeric=frozenset(f.name for f in contract.fields if f.kind in ("number", "integer")),
+            predictor=Predictor.of(contract, task.is_classification),
             metrics=LiveMetrics(
                 config.get("drift_profile"),
                 config["columns"],
@@ -522,9 +522,7 @@ class ModelServer:
         self.log: PredictionLog | None
         self.log, self.log_state = open_log(config)
         logger.info("serving %s from the %s (%s)", served.tag, served.source, served.reason)
-        self.predictor = Predictor(
-            tuple(config["columns"]), self.parts.numeric, self.parts.task.is_classification
-        )
+        self.predictor = self.parts.predictor
         self.swap(served)
         self.batcher = MicroBatcher(self.champion_outputs, max_rows=config["max_batch"])
         # a canary's or arm b's requests batch together, apart from the champion's, and
