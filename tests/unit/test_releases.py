@@ -192,6 +192,7 @@ class Child:
         self.counts = [0, 0, 0]
         self.state = "running"
         self.pid = 1
+        self.spec = SimpleNamespace(predictor=PREDICTOR)
 
     def send(self, batch: ShadowBatch) -> bool:
         self.gate.wait(5)
@@ -207,7 +208,7 @@ def record(x: float) -> Any:
 
 
 def runner_of(child: Child, capacity: int) -> ShadowRunner:
-    return ShadowRunner(PREDICTOR, child, capacity, max_rows=100)  # type: ignore[arg-type]
+    return ShadowRunner(child, capacity, max_rows=100)  # type: ignore[arg-type]
 
 
 def wait_for(check: Any) -> None:

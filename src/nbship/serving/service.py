@@ -538,7 +538,6 @@ class ModelServer:
         # the shadow's answers are rows of the log: no log, no shadow
         self.shadow = (
             None if self.log is None else ShadowRunner(
-                self.predictor,
                 ShadowProcess(ShadowSpec(self.predictor, self.log.url, str(self.log.spool_dir))),
                 self.release_config.settings.shadow_queue, config["max_batch"],
             )

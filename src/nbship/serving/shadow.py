@@ -307,7 +307,6 @@ class ShadowRunner:
     request path, in a thread of its own: `offer` never blocks (a full queue drops the
     request and counts it), and what is queued together goes to the child as one batch."""
 
-    predictor: Predictor
     child: ShadowProcess
     capacity: int
     max_rows: int
@@ -389,7 +388,7 @@ class ShadowRunner:
             sent = ShadowBatch(
                 item[0].tag,
                 [(request_id, len(recs)) for _, request_id, recs in batch],
-                self.predictor.columns_of(records),
+                self.child.spec.predictor.columns_of(records),
             )
             if not self.child.send(sent):
                 self._drop(len(batch))
