@@ -35,9 +35,8 @@ import httpx
 
 from benchmarks.serve import load, paced_load
 from benchmarks.swap import following_server, request_rows
-from nbship.registry import model_store
 from nbship.registry.versions import Registry
-from tests.support import PROJECT, stop, wait_http, wait_until
+from tests.support import PROJECT, register_like, stop, wait_http, wait_until
 
 NAME = "penguins_classifier"
 
@@ -56,19 +55,13 @@ def follow(url: str, kind: str | None, tag: str | None = None) -> None:
 
 
 def python_bound(registry_url: str, store: Path, like: str, seconds: float) -> str:
-    """Registers `like`'s model wrapped to compute in Python for `seconds` every call,
-    shaped like it (features, task, classes) and pushed to the shared store."""
+    """Registers `like`'s model wrapped to compute in Python for `seconds` every call."""
     import bentoml
 
     from tests.release_models import Busy
 
-    tag = str(bentoml.sklearn.save_model(NAME, Busy(bentoml.sklearn.load_model(like), seconds)).tag)
-    artifact = model_store.push(tag, str(store))
-    with Registry(registry_url) as registry:
-        extra = registry.get(like).extra
-        keep = {k: extra[k] for k in ("features", "task", "classes", "target")}
-        registry.register(tag, {"candidate": "python-bound", "artifact": artifact, **keep})
-    return tag
+    busy = Busy(bentoml.sklearn.load_model(like), seconds)
+    return register_like(registry_url, str(store), like, busy, "python-bound")
 
 
 def resident(pid: int | None) -> str:

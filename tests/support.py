@@ -303,3 +303,21 @@ def headless_chromium(tmp: Path, width: int = 1280, height: int = 1800) -> Itera
         yield browser
     finally:
         browser.quit()
+
+
+def register_like(registry_url: str, store: str, like: str, model: Any, candidate: str) -> str:
+    """Registers `model` (a scikit-learn estimator) as a new version of `like`'s model name,
+    shaped like it (features, task, classes, target) and pushed to the shared `store`: as
+    a build would, minus the gates. Returns its tag."""
+    import bentoml
+
+    from nbship.registry import model_store
+    from nbship.registry.versions import Registry
+
+    tag = str(bentoml.sklearn.save_model(like.split(":")[0], model).tag)
+    artifact = model_store.push(tag, store)
+    with Registry(registry_url) as registry:
+        extra = registry.get(like).extra
+        keep = {k: extra[k] for k in ("features", "task", "classes", "target")}
+        registry.register(tag, {"candidate": candidate, "artifact": artifact, **keep})
+    return tag

@@ -26,11 +26,18 @@ from sklearn.dummy import DummyClassifier
 
 from nbship.prediction_log import SHADOW_KIND, SHADOW_SUFFIX, read_log, url_for_sqlite
 from nbship.project import Project as NbshipProject
-from nbship.registry import model_store
 from nbship.registry.versions import Registry
 from tests.conftest import Project
 from tests.release_models import Broken, Busy, Sleepy
-from tests.support import PROJECT, free_port, start, stop, wait_http, wait_until
+from tests.support import (
+    PROJECT,
+    free_port,
+    register_like,
+    start,
+    stop,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -98,19 +105,8 @@ class Setup:
         return done.stdout
 
     def register(self, model: Any, candidate: str) -> str:
-        """Registers `model` as a new version shaped like the champion (same features),
-        pushed to the shared store: as a build would, minus the gates."""
-        import bentoml
-
-        tag = str(bentoml.sklearn.save_model(NAME, model).tag)
-        artifact = model_store.push(tag, self.store)
-        with Registry(self.registry_url) as registry:
-            like = registry.get(self.first).extra
-            keep = ("features", "task", "classes", "target")
-            registry.register(
-                tag, {"candidate": candidate, "artifact": artifact, **{k: like[k] for k in keep}}
-            )
-        return tag
+        """Registers `model` as a new version shaped like the champion (same features)."""
+        return register_like(self.registry_url, self.store, self.first, model, candidate)
 
 
 def serve(setup: Setup, n: int) -> tuple[list[str], list[Any]]:
