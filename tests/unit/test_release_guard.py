@@ -12,10 +12,12 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from nbship.common.sqlite import database_file
 from nbship.config import GuardSettings
 from nbship.operate import release_guard
 from nbship.operate.alert_rules import Sink
@@ -279,3 +281,13 @@ def test_a_watcher_that_cannot_start_removes_its_pid_file(tmp_path):
     pid_file.write_text("12345\n")
     assert release_guard.main([str(tmp_path), "7"]) == 2
     assert not pid_file.exists()  # `nbship release status` must not see a watcher
+
+
+def test_only_a_sqlite_registry_can_be_gone(tmp_path):
+    # a PostgreSQL URL's database is a name, not a file: its watcher must keep watching
+    postgres = SimpleNamespace(url="postgresql://nbship@db.example/nbship")
+    assert database_file(postgres.url) is None
+    assert not release_guard._registry_gone(postgres)  # type: ignore[arg-type]
+    sqlite = SimpleNamespace(url=f"sqlite:///{tmp_path / 'registry.db'}")
+    assert release_guard._registry_gone(sqlite)  # type: ignore[arg-type]
+    assert database_file("sqlite://") is None  # in memory

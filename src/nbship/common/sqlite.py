@@ -22,8 +22,12 @@ WRITE_OPTION = "nbship_write"
 
 
 def database_file(url: str) -> Path | None:
-    """The file of a SQLite URL, None for memory databases and URI forms."""
-    database = make_url(url).database or ""
+    """The file of a SQLite URL; None for other databases (a PostgreSQL URL's database is
+    a name, not a path), memory databases and URI forms."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Engine, func, inspect, select
 
 from nbship.common.sqlite import database_file
-from nbship.prediction_log.database import _backend, _engine, _purge
+from nbship.prediction_log.database import _engine, _purge
 from nbship.prediction_log.entries import _json, _utc
 from nbship.prediction_log.schema import COLUMNS, TABLE, prediction_log
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def _reader(url: str) -> Iterator[Engine | None]:
     """An engine, or None when there is no log to read (no SQLite file, no table)."""
-    database = database_file(url) if _backend(url) == "sqlite" else None
+    database = database_file(url)
     if database is not None and not database.exists():
         yield None
         return

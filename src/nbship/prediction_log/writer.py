@@ -126,7 +126,7 @@ class PredictionLog(Spool):
         self._schema = False
         # a SQLite file deleted (or replaced) under open connections takes their writes
         # with it, unseen: its identity is checked after each commit
-        self._file = database_file(url) if _backend(url) == "sqlite" else None
+        self._file = database_file(url)
         self._file_id: tuple[int, int] | None = None
         self._written = 0
         self._replayed = 0

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
-
 from nbship.common.sqlite import database_file, file_id
 from nbship.project import MODEL_STORE_ENV, REGISTRY_URL_ENV
 from nbship.registry import model_store
@@ -163,7 +161,7 @@ class RegistryFollower:
         if self.registry is not None and (self.registry.url != url or self._file_moved()):
             self.close()
         if self.registry is None:
-            file = database_file(url) if make_url(url).get_backend_name() == "sqlite" else None
+            file = database_file(url)
             # taken before the first connection: a file replaced in between is then seen
             # at the next read, while one taken after could name the new file and keep
             # the old one's connections for good
